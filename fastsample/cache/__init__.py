@@ -1,0 +1,1 @@
+"""Feature caching for diffusion transformers: hooks, static/dynamic/learned (HarmoniCa) reuse policies."""

@@ -1,0 +1,1 @@
+"""Evaluation: Frechet distance / FID, feature extractors, image metrics, latency timing and reports."""

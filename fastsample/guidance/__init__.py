@@ -1,0 +1,1 @@
+"""Classifier-free guidance variants (pure tensor math) and the hook that applies them to a pipeline."""

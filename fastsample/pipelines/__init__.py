@@ -1,0 +1,1 @@
+"""Integration glue: the per-pipeline adapter table, ``optimize(pipe, ...)`` and the pixel-space DiT pipeline."""

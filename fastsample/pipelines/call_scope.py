@@ -1,0 +1,66 @@
+"""Per-call state resets for pipelines.
+
+Anything that lives across denoising steps (momentum, the Adaptive-Guidance switch, cached features, step
+counters) must be reset at the start of every pipeline call, never inferred from timestep values. Python
+looks special methods up on the type, so an instance attribute ``pipe.__call__`` would not intercept
+``pipe(...)``; instead the pipeline instance is given a thin subclass of its own class (same name, same
+module) whose ``__call__`` runs the registered callbacks around the original call. When the last callback is
+removed, the instance gets its original class back, so ``disable`` restores the pipeline exactly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+_REGISTRY_ATTR = "_fastsample_call_callbacks"
+_ORIGINAL_CLASS_ATTR = "_fastsample_original_class"
+
+
+def _scoped_subclass(cls: type) -> type:
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        callbacks = list(getattr(self, _REGISTRY_ATTR).values())
+        for start, _ in callbacks:
+            start()
+        try:
+            return cls.__call__(self, *args, **kwargs)
+        finally:
+            for _, end in reversed(callbacks):
+                if end is not None:
+                    end()
+
+    return type(cls.__name__, (cls,), {"__call__": __call__, "__module__": cls.__module__, "__doc__": cls.__doc__})
+
+
+def on_call(pipe: Any, key: str, start: Callable[[], None], end: Callable[[], None] | None = None) -> None:
+    """Run ``start()`` before and ``end()`` after every ``pipe(...)`` call, under the name ``key``.
+
+    Registering an existing ``key`` again replaces its callbacks. Callbacks run in registration order at the
+    start and in reverse order at the end (``end`` runs even when the call raises).
+    """
+    if not callable(start) or (end is not None and not callable(end)):
+        raise TypeError("on_call: `start` and `end` must be callables (or `end=None`).")
+    registry = pipe.__dict__.get(_REGISTRY_ATTR)
+    if registry is None:
+        original = type(pipe)
+        registry = {}
+        pipe.__dict__[_REGISTRY_ATTR] = registry
+        pipe.__dict__[_ORIGINAL_CLASS_ATTR] = original
+        pipe.__class__ = _scoped_subclass(original)
+    registry[key] = (start, end)
+
+
+def remove_call_hook(pipe: Any, key: str) -> None:
+    """Unregister ``key``; when nothing is left, give the pipeline its original class back."""
+    registry = pipe.__dict__.get(_REGISTRY_ATTR)
+    if registry is None or key not in registry:
+        return
+    del registry[key]
+    if not registry:
+        pipe.__class__ = pipe.__dict__.pop(_ORIGINAL_CLASS_ATTR)
+        del pipe.__dict__[_REGISTRY_ATTR]
+
+
+def has_call_hook(pipe: Any, key: str) -> bool:
+    """Whether ``key`` is registered on ``pipe``."""
+    return key in pipe.__dict__.get(_REGISTRY_ATTR, {})
