@@ -15,13 +15,21 @@ from collections.abc import Sequence
 from fastsample import __version__
 
 # Modules that define ``register(subparsers: argparse._SubParsersAction) -> None``.
-COMMAND_MODULES: tuple[str, ...] = ("fastsample.zoo.commands",)
+COMMAND_MODULES: tuple[str, ...] = (
+    "fastsample.zoo.commands",
+    "fastsample.zoo.featurenet",
+    "fastsample.training.commands",
+    "fastsample.guidance.commands",
+    "fastsample.cache.commands",
+    "fastsample.eval.commands",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fastsample",
-        description="Faster and better diffusers sampling, measured. Run `fastsample <command> --help` for details.",
+        description="Faster and better diffusers sampling, measured. "
+        "Run `fastsample <command> --help` for details.",
     )
     parser.add_argument("--version", action="version", version=f"fastsample {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")

@@ -1,1 +1,1 @@
-"""Attention paths and fused kernels (torch SDPA backends, xformers, Triton), each with a pure-torch reference."""
+"""Attention paths and fused kernels (torch SDPA backends, xformers, Triton) with pure-torch references."""

@@ -1,1 +1,1 @@
-"""Integration glue: the per-pipeline adapter table, ``optimize(pipe, ...)`` and the pixel-space DiT pipeline."""
+"""Integration glue: the per-pipeline adapter table, `optimize(pipe, ...)`, the pixel-space DiT pipeline."""

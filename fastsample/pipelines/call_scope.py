@@ -29,7 +29,8 @@ def _scoped_subclass(cls: type) -> type:
                 if end is not None:
                     end()
 
-    return type(cls.__name__, (cls,), {"__call__": __call__, "__module__": cls.__module__, "__doc__": cls.__doc__})
+    namespace = {"__call__": __call__, "__module__": cls.__module__, "__doc__": cls.__doc__}
+    return type(cls.__name__, (cls,), namespace)
 
 
 def on_call(pipe: Any, key: str, start: Callable[[], None], end: Callable[[], None] | None = None) -> None:

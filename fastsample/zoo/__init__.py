@@ -1,1 +1,1 @@
-"""Embedded defaults: the exact Gaussian-mixture oracle, the procedural image dataset and the shipped models."""
+"""Embedded defaults: the exact Gaussian-mixture oracle, the procedural dataset, the shipped models."""

@@ -1,0 +1,221 @@
+"""``enable_cache(pipe_or_model, method, **knobs)``: the one-line entry point, and the handle it returns.
+
+With a pipeline, the denoiser and its CFG layout come from the project's adapter table
+(:func:`fastsample.pipelines.adapters.get_adapter`) and the cache state is reset at the start of every
+``pipe(...)`` call (:func:`fastsample.pipelines.call_scope.on_call`). With a bare transformer nothing knows
+where a sampling run starts: call ``handle.reset()`` before each run.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from typing import Any
+
+import torch
+
+from fastsample.cache.controller import CacheController
+from fastsample.cache.hooks import (
+    SITE_HOOK,
+    STEP_HOOK,
+    BlockHook,
+    HookedModules,
+    StepHook,
+    UnitHook,
+    has_fastsample_cache,
+    invalidate_registry_cache,
+)
+from fastsample.cache.policies import FORA, CachePolicy, DynamicThreshold, NoCache, StaticSchedule
+from fastsample.cache.stats import CacheStats
+from fastsample.cache.units import find_sites
+from fastsample.pipelines.call_scope import on_call, remove_call_hook
+
+logger = logging.getLogger(__name__)
+
+CALL_KEY = "fastsample.cache"
+
+
+def _policy_classes() -> dict[str, type[CachePolicy]]:
+    from fastsample.cache.router import HarmoniCaPolicy
+
+    return {
+        "none": NoCache,
+        "fora": FORA,
+        "dynamic": DynamicThreshold,
+        "harmonica": HarmoniCaPolicy,
+        "static": StaticSchedule,
+    }
+
+
+METHODS = ("none", "fora", "dynamic", "harmonica", "static")
+
+
+def make_policy(method: str | CachePolicy, **knobs: Any) -> CachePolicy:
+    """A policy from its name and knobs (or the policy object itself, which then takes no knobs)."""
+    if isinstance(method, CachePolicy):
+        if knobs:
+            raise TypeError(
+                f"knobs {sorted(knobs)} given together with a policy object; configure the object."
+            )
+        return method
+    if not isinstance(method, str):
+        raise TypeError(f"method must be one of {METHODS} or a CachePolicy, got {type(method).__name__}.")
+    classes = _policy_classes()
+    cls = classes.get(method.lower())
+    if cls is None:
+        raise ValueError(f"unknown cache method {method!r}; choose one of {METHODS} or pass a CachePolicy.")
+    allowed = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
+    unknown = sorted(set(knobs) - set(allowed))
+    if unknown:
+        raise TypeError(
+            f"cache method {method!r} got unknown knob(s) {unknown}; it accepts {allowed} "
+            "(plus `compile` and `profile_macs` for every method)."
+        )
+    return cls(**knobs)
+
+
+def _resolve(target: Any) -> tuple[Any, torch.nn.Module]:
+    if isinstance(target, torch.nn.Module):
+        return None, target
+    if hasattr(target, "components") and callable(target):
+        from fastsample.pipelines.adapters import get_adapter
+
+        adapter = get_adapter(target)
+        if adapter.cfg_layout == "separate_calls" and not adapter.opens_cache_context:
+            raise ValueError(
+                f"{type(target).__name__} runs cond and uncond as separate calls without opening a "
+                "cache_context, so their caches cannot be kept apart; it is not supported."
+            )
+        return target, adapter.denoiser(target)
+    raise TypeError(f"enable_cache expects a diffusers pipeline or transformer, got {type(target).__name__}.")
+
+
+class CacheHandle:
+    """From ``enable_cache``: ``stats()``, ``summary()``, ``reset()``, ``disable()``; usable with ``with``."""
+
+    def __init__(
+        self, controller: CacheController, hooked: HookedModules, model: torch.nn.Module, pipe: Any
+    ) -> None:
+        self._controller = controller
+        self._hooked = hooked
+        self.model = model
+        self.pipe = pipe
+        self.policy = controller.policy
+        self.enabled = True
+
+    def stats(self) -> CacheStats:
+        """Record of the current (or last) sampling run; warns when nothing was reused (bare models)."""
+        if self.pipe is None:
+            self._warn_if_nothing_reused()
+        return self._controller.stats()
+
+    def summary(self) -> str:
+        """One-line description of the last run (method, hit ratio, computed MACs, theoretical speed-up)."""
+        return self._controller.stats().summary()
+
+    def reset(self) -> None:
+        """Start a new sampling run: forget steps and cached features. Pipelines do this on every call."""
+        self._controller.reset()
+
+    def disable(self) -> None:
+        """Remove every hook; the model's modules, ``forward`` attributes and outputs are as before."""
+        if not self.enabled:
+            return
+        self._hooked.remove_all()
+        invalidate_registry_cache(self.model)
+        if self.pipe is not None:
+            remove_call_hook(self.pipe, CALL_KEY)
+        self.enabled = False
+
+    def _end_call(self) -> None:
+        self._warn_if_nothing_reused()
+
+    def _warn_if_nothing_reused(self) -> None:
+        if not isinstance(self.policy, NoCache) and self._controller.nothing_reused():
+            logger.warning(
+                "fastsample cache %s reused nothing in this run (every site was computed at every step): "
+                "too few steps for the schedule, or a threshold too strict.",
+                self.policy.describe(),
+            )
+
+    def __enter__(self) -> CacheHandle:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.disable()
+
+    def __repr__(self) -> str:
+        state = "enabled" if self.enabled else "disabled"
+        return f"CacheHandle({self.policy.describe()} on {type(self.model).__name__}, {state})"
+
+
+def enable_cache(
+    pipe_or_model: Any,
+    method: str | CachePolicy = "fora",
+    *,
+    compile: bool | dict = False,
+    profile_macs: bool = True,
+    **knobs: Any,
+) -> CacheHandle:
+    """Cache a diffusion transformer's features across denoising steps.
+
+    Args:
+        pipe_or_model: a supported diffusers pipeline (DiT, PixArt, SD3, Flux, fastsample's PixelDiT) or a
+            bare             ``DiTTransformer2DModel``/``PixArtTransformer2DModel``/``SD3Transformer2DModel``/
+            ``FluxTransformer2DModel``. With a bare model call ``handle.reset()`` before every sampling run.
+        method: ``"fora"`` (knobs ``interval``, ``level``), ``"dynamic"`` (``threshold``, ``warmup_steps``,
+            ``max_consecutive``), ``"harmonica"`` (``router``, ``threshold``), ``"static"`` (``mask``,
+            ``level``), ``"none"``, or a :class:`~fastsample.cache.policies.CachePolicy` object.
+        compile: compile each site's original forward with ``torch.compile`` (``True`` or a dict of
+            ``torch.compile`` keyword arguments): regional compilation with the decisions outside the graphs.
+        profile_macs: count MACs on the first full forward of each input shape (``computed_mac_fraction``).
+
+    Returns:
+        a :class:`CacheHandle`.
+    """
+    if isinstance(compile, bool):
+        compile_options = {} if compile else None
+    elif isinstance(compile, dict):
+        compile_options = dict(compile)
+    else:
+        raise TypeError(
+            f"compile must be a bool or a dict of torch.compile options, got {type(compile).__name__}."
+        )
+    if not isinstance(profile_macs, bool):
+        raise TypeError(f"profile_macs must be a bool, got {type(profile_macs).__name__}.")
+    pipe, model = _resolve(pipe_or_model)
+    if has_fastsample_cache(model):
+        raise ValueError("this model already has a fastsample cache enabled; disable() it first.")
+    if getattr(model, "is_cache_enabled", False):
+        raise ValueError(
+            "this model has a diffusers cache enabled (model.enable_cache); call disable_cache() first."
+        )
+    policy = make_policy(method, **knobs)
+    sites = find_sites(model, policy.level)
+    policy.bind(model, sites)
+
+    controller = CacheController(model, sites, policy, pipe=pipe, profile_macs=profile_macs)
+    hooked = HookedModules()
+    try:
+        for i, site in enumerate(sites):
+            if policy.level == "unit":
+                hook = UnitHook(controller, i, compile_options)
+            else:
+                hook = BlockHook(controller, i, compile_options, site.streams)
+            hooked.add(site.module, hook, SITE_HOOK)
+        hooked.add(model, StepHook(controller), STEP_HOOK)
+    except BaseException:
+        hooked.remove_all()
+        raise
+    invalidate_registry_cache(model)
+    handle = CacheHandle(controller, hooked, model, pipe)
+    if pipe is not None:
+        on_call(pipe, CALL_KEY, controller.reset, handle._end_call)
+    logger.info(
+        "fastsample cache enabled: %s on %d %s-level sites of %s",
+        policy.describe(),
+        len(sites),
+        policy.level,
+        type(model).__name__,
+    )
+    return handle

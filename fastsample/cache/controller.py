@@ -1,0 +1,272 @@
+"""The cache's state machine: step counting per CFG context, compute/reuse decisions, cached buffers, records.
+
+One :class:`CacheController` serves one hooked denoiser. The denoiser-level hook calls
+:meth:`begin_forward` / :meth:`end_forward` around every forward; the site hooks call :meth:`run_unit` or
+:meth:`run_block`. Every decision is plain Python made outside the (optionally compiled) site forwards.
+
+Modes: ``"cache"`` (inference), and for router training ``"teacher"`` (compute everything, leave the cache
+untouched) and ``"soft"`` (HarmoniCa's training forward ``U = r·U_fresh + (1 - r)·C`` with the refresh rule
+``C ← U_fresh`` when ``r > τ``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from fastsample.cache.buffers import CacheSlot
+from fastsample.cache.policies import CachePolicy, NoCache
+from fastsample.cache.stats import CacheStats, flop_counter
+from fastsample.cache.units import CacheSite
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_CONTEXT = "default"
+
+
+class _ContextState:
+    """Everything one CFG context (``"default"``, or ``"cond"``/``"uncond"`` for separate calls) keeps."""
+
+    def __init__(self, num_sites: int) -> None:
+        self.slots = [CacheSlot() for _ in range(num_sites)]
+        self.slot_inputs: list[tuple | None] = [None] * num_sites  # input signature of each stored value
+        self.head_reference = CacheSlot()  # dynamic policy: block 0's residual at the last full step
+        self.step = 0
+        self.consecutive_skips = 0
+        self.log: list[list[bool]] = []
+        self.signature: tuple | None = None
+
+    def reset(self) -> None:
+        for slot in self.slots:
+            slot.invalidate()
+        self.head_reference.invalidate()
+        self.step = 0
+        self.consecutive_skips = 0
+        self.log = []
+
+
+def _signature(args: tuple, kwargs: dict) -> tuple:
+    """Shapes/dtypes of the tensor inputs: one MAC profile per distinct signature."""
+    items = list(enumerate(args)) + sorted(kwargs.items(), key=lambda kv: kv[0])
+    return tuple((key, tuple(v.shape), str(v.dtype)) for key, v in items if isinstance(v, torch.Tensor))
+
+
+def _residual(outputs: tuple, inputs: tuple) -> tuple:
+    return tuple(None if o is None or x is None else o - x for o, x in zip(outputs, inputs))
+
+
+def _clone(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return tuple(v if v is None else v.clone() for v in value)
+    return value.clone()
+
+
+def _mix(r: torch.Tensor, fresh: Any, cached: Any) -> Any:
+    if isinstance(fresh, tuple):
+        return tuple(f if f is None else r * f + (1 - r) * c for f, c in zip(fresh, cached))
+    return r * fresh + (1 - r) * cached
+
+
+class CacheController:
+    """State and decisions of one enabled cache (see the module docstring)."""
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        sites: Sequence[CacheSite],
+        policy: CachePolicy,
+        *,
+        pipe: Any = None,
+        profile_macs: bool = True,
+    ) -> None:
+        self.model = model
+        self.sites = list(sites)
+        self.policy = policy
+        self.pipe = pipe
+        self.profile_macs = profile_macs
+        self.stores = not isinstance(policy, NoCache)
+        self.states: dict[str, _ContextState] = {}
+        self.profiles: dict[tuple, tuple[float, np.ndarray]] = {}
+        self.mode = "cache"
+        self.profiling = False
+        self.active: _ContextState | None = None
+        self.flags: list[bool | None] = []
+        # router training ("soft" mode): per-site scores r (with grad) and refresh flags r > τ
+        self.soft_scores: torch.Tensor | None = None
+        self.soft_refresh: list[bool] = []
+        self._counter: Any = None
+        self._site_flops = np.zeros(len(self.sites))
+
+    # ------------------------------------------------------------------ lifecycle
+    def reset(self) -> None:
+        """Forget every step and cached tensor (buffers are kept for reuse); starts a new sampling run."""
+        if self.active is not None:
+            raise RuntimeError("cannot reset the cache in the middle of a denoiser forward.")
+        for state in self.states.values():
+            state.reset()
+
+    def _state(self, name: str) -> _ContextState:
+        state = self.states.get(name)
+        if state is None:
+            state = self.states[name] = _ContextState(len(self.sites))
+        return state
+
+    # ------------------------------------------------------------------ denoiser forward
+    def begin_forward(self, context: str, args: tuple, kwargs: dict) -> bool:
+        """Decide this step's flags; returns whether the caller should profile MACs during this forward."""
+        if self.active is not None:
+            raise RuntimeError("the cached denoiser was called re-entrantly; this is not supported.")
+        state = self._state(context)
+        step = state.step
+        n = len(self.sites)
+        if self.mode != "cache" or step == 0:
+            flags: list[bool | None] = [True] * n
+            if self.mode == "cache":
+                self.policy.check_call(step, kwargs.get("timestep"), self.pipe)
+        elif self.policy.dynamic:
+            flags = [True] + [None] * (n - 1)  # block 0 decides for the rest
+        else:
+            flags = [bool(f) for f in self.policy.plan(step, n)]
+            if len(flags) != n:
+                raise RuntimeError(f"{self.policy.describe()} planned {len(flags)} sites, the model has {n}.")
+            flags = [f or not slot.valid for f, slot in zip(flags, state.slots)]
+        self.active, self.flags = state, flags
+        state.signature = _signature(args, kwargs)
+        want_profile = (
+            self.profile_macs
+            and self.mode == "cache"
+            and state.signature not in self.profiles
+            and all(f is True for f in flags)
+        )
+        self.profiling = want_profile
+        return want_profile
+
+    def end_forward(self, completed: bool) -> None:
+        state, self.active, self.profiling = self.active, None, False
+        if state is None or not completed:
+            return
+        if self.mode == "cache":
+            state.log.append([bool(f) for f in self.flags])
+            state.step += 1
+
+    def run_profiled(self, forward: Callable[..., Any], args: tuple, kwargs: dict, profile: bool) -> Any:
+        if not profile:
+            return forward(*args, **kwargs)
+        self._site_flops = np.zeros(len(self.sites))
+        with flop_counter() as counter:
+            self._counter = counter
+            try:
+                out = forward(*args, **kwargs)
+            finally:
+                self._counter = None
+        self.profiles[self.active.signature] = (counter.get_total_flops() / 2, self._site_flops / 2)
+        return out
+
+    def _call_site(self, index: int, forward: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
+        """Run a site's forward, attributing its FLOPs to it while profiling."""
+        if self._counter is None:
+            return forward(*args, **kwargs)
+        before = self._counter.get_total_flops()
+        out = forward(*args, **kwargs)
+        self._site_flops[index] += self._counter.get_total_flops() - before
+        return out
+
+    # ------------------------------------------------------------------ sites
+    def run_unit(self, index: int, forward: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
+        """Run unit ``index`` or return its cached output, as decided for the current step."""
+        state = self.active
+        if state is None or self.mode == "teacher":
+            return forward(*args, **kwargs)
+        slot = state.slots[index]
+        if self.mode == "soft":
+            fresh = forward(*args, **kwargs)
+            # mix with a clone: autograd keeps the cached value for d/dr while the slot may be refreshed below
+            out = _mix(self.soft_scores[index], fresh, _clone(slot.load())) if slot.valid else fresh
+            if self.soft_refresh[index] or not slot.valid:
+                slot.store(fresh)
+            return out
+        if self._must_compute(state, index, args, kwargs):
+            out = self._call_site(index, forward, args, kwargs)
+            if self.stores:
+                slot.store(out)
+            return out
+        return slot.load()
+
+    def run_block(
+        self, index: int, streams: tuple[str, ...], forward: Callable[..., Any], args: tuple, kwargs: dict
+    ) -> Any:
+        """Run block ``index`` (storing its residuals) or add its cached residuals to the inputs."""
+        state = self.active
+        if state is None or self.mode != "cache":
+            return forward(*args, **kwargs)
+        inputs = tuple(
+            kwargs[name] if name in kwargs else (args[0] if name == "hidden_states" and args else None)
+            for name in streams
+        )
+        single = len(streams) == 1
+        if self.policy.dynamic and index == 0:
+            out = self._call_site(index, forward, args, kwargs)
+            self._decide_tail(state, _residual((out,) if single else out, inputs)[-1])
+            return out
+        slot = state.slots[index]
+        if self._must_compute(state, index, args, kwargs):
+            out = self._call_site(index, forward, args, kwargs)
+            if self.stores:
+                slot.store(_residual((out,) if single else out, inputs))
+            return out
+        residual = slot.load()
+        out = tuple(None if x is None or r is None else x + r for x, r in zip(inputs, residual))
+        return out[0] if single else out
+
+    def _must_compute(self, state: _ContextState, index: int, args: tuple, kwargs: dict) -> bool:
+        """The planned flag, forced to True when the slot is empty or was filled from inputs of another shape
+        (e.g. a guidance method that runs only the conditional half at some steps); records the signature."""
+        signature = _signature(args, kwargs)
+        if not self.flags[index] and (not state.slots[index].valid or state.slot_inputs[index] != signature):
+            self.flags[index] = True
+        if self.flags[index]:
+            state.slot_inputs[index] = signature
+        return bool(self.flags[index])
+
+    def _decide_tail(self, state: _ContextState, head_residual: torch.Tensor) -> None:
+        step = state.step
+        skip = False
+        reference = state.head_reference.load() if state.head_reference.valid else None
+        if step > 0 and reference is not None and reference.shape == head_residual.shape:
+            change = (
+                (head_residual - reference).abs().mean() / reference.abs().mean().clamp_min(1e-12)
+            ).item()
+            skip = self.policy.skip_tail(step, change, state.consecutive_skips)
+        self.flags[1:] = [not skip] * (len(self.flags) - 1)
+        if skip:
+            state.consecutive_skips += 1
+        else:
+            state.consecutive_skips = 0
+            state.head_reference.store(head_residual)
+
+    # ------------------------------------------------------------------ reporting
+    def stats(self) -> CacheStats:
+        names = [s.name for s in self.sites]
+        computed, totals, site_macs = {}, {}, {}
+        for ctx, state in self.states.items():
+            if not state.log:
+                continue
+            computed[ctx] = np.array(state.log, dtype=bool).reshape(len(state.log), len(names))
+            profile = self.profiles.get(state.signature)
+            if profile is not None:
+                totals[ctx], site_macs[ctx] = profile
+        held = sum(
+            slot.nbytes() for state in self.states.values() for slot in [*state.slots, state.head_reference]
+        )
+        return CacheStats(
+            self.policy.describe(), self.policy.level, names, computed, totals, site_macs, cache_bytes=held
+        )
+
+    def nothing_reused(self) -> bool:
+        """True when the last run took steps but never served a site from the cache."""
+        logs = [row for state in self.states.values() for row in state.log]
+        return bool(logs) and all(all(row) for row in logs)

@@ -1,0 +1,131 @@
+"""diffusers ``ModelHook`` subclasses that connect a denoiser to its :class:`CacheController`.
+
+- :class:`StepHook` wraps the denoiser's forward: it reads the CFG context from diffusers' ``cache_context``
+  (so Flux's separate cond/uncond calls get separate caches) and brackets the forward with
+  ``begin_forward``/``end_forward``. It is stateful only so that ``cache_context`` reaches it; its
+  ``reset_state`` is deliberately a no-op (diffusers calls it from ``maybe_free_model_hooks`` at the *end* of
+  a call, which would erase the statistics); fastsample resets at the *start* of each call instead.
+- :class:`UnitHook` / :class:`BlockHook` replace a site's forward by "run it, or return the cached value".
+  With ``compile_options`` the site's *original* forward is compiled (regional compilation): the decision
+  stays in Python outside the compiled region, so dynamo sees the same graph at every step.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from diffusers.hooks import HookRegistry, ModelHook
+from diffusers.hooks.hooks import BaseState, StateManager
+
+from fastsample.cache.controller import DEFAULT_CONTEXT, CacheController
+
+STEP_HOOK = "fastsample_cache_step"
+SITE_HOOK = "fastsample_cache_site"
+
+
+class _NoState(BaseState):
+    def reset(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+
+class StepHook(ModelHook):
+    """Outer hook on the denoiser: one call = one step of one CFG context."""
+
+    _is_stateful = True
+
+    def __init__(self, controller: CacheController) -> None:
+        super().__init__()
+        self.controller = controller
+        self.context_manager = StateManager(_NoState)  # receives diffusers' cache_context(name)
+
+    def new_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
+        context = self.context_manager._context
+        name = context.name if context is not None else DEFAULT_CONTEXT
+        profile = self.controller.begin_forward(name, args, kwargs)
+        completed = False
+        try:
+            out = self.controller.run_profiled(self.fn_ref.original_forward, args, kwargs, profile)
+            completed = True
+            return out
+        finally:
+            self.controller.end_forward(completed)
+
+    def reset_state(self, module: torch.nn.Module) -> torch.nn.Module:
+        return module
+
+
+class _SiteHook(ModelHook):
+    def __init__(self, controller: CacheController, index: int, compile_options: dict | None) -> None:
+        super().__init__()
+        self.controller = controller
+        self.index = index
+        self.compile_options = compile_options
+        self._compiled = None
+
+    def _forward(self):
+        original = self.fn_ref.original_forward
+        if self.compile_options is None or self.controller.profiling:
+            return original
+        if self._compiled is None:
+            self._compiled = torch.compile(original, **self.compile_options)
+        return self._compiled
+
+
+class UnitHook(_SiteHook):
+    """Unit-level site (``attn1``, ``attn2``, ``ff``, ...): its pre-gate output is cached."""
+
+    def new_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
+        return self.controller.run_unit(self.index, self._forward(), args, kwargs)
+
+
+class BlockHook(_SiteHook):
+    """Block-level site: its residuals ``out - in`` are cached."""
+
+    def __init__(
+        self, controller: CacheController, index: int, compile_options: dict | None, streams: tuple[str, ...]
+    ) -> None:
+        super().__init__(controller, index, compile_options)
+        self.streams = streams
+
+    def new_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
+        return self.controller.run_block(self.index, self.streams, self._forward(), args, kwargs)
+
+
+class HookedModules:
+    """Registers the hooks and undoes them exactly (instance ``forward`` and ``_diffusers_hook`` included)."""
+
+    def __init__(self) -> None:
+        self._entries: list[tuple[torch.nn.Module, str, bool, bool]] = []
+
+    def add(self, module: torch.nn.Module, hook: ModelHook, name: str) -> None:
+        had_forward = "forward" in module.__dict__
+        had_registry = "_diffusers_hook" in module.__dict__
+        HookRegistry.check_if_exists_or_initialize(module).register_hook(hook, name)
+        self._entries.append((module, name, had_forward, had_registry))
+
+    def remove_all(self) -> None:
+        for module, name, had_forward, had_registry in reversed(self._entries):
+            registry = module.__dict__.get("_diffusers_hook")
+            if registry is None:
+                continue
+            registry.remove_hook(name, recurse=False)
+            if not registry.hooks:
+                if not had_forward:
+                    module.__dict__.pop("forward", None)
+                if not had_registry:
+                    del module._diffusers_hook
+        self._entries = []
+
+
+def has_fastsample_cache(model: torch.nn.Module) -> bool:
+    registry = getattr(model, "_diffusers_hook", None)
+    return registry is not None and registry.get_hook(STEP_HOOK) is not None
+
+
+def invalidate_registry_cache(model: torch.nn.Module) -> None:
+    """Work around diffusers#14037: child-registry lists go stale when hooks are added or removed."""
+    for module in model.modules():
+        registry = module.__dict__.get("_diffusers_hook")
+        if registry is not None:
+            registry._child_registries_cache = None

@@ -1,0 +1,408 @@
+"""Apply a guidance method to a classic diffusers pipeline through a call-scoped hook on its denoiser.
+
+The hook (a diffusers ``ModelHook`` with ``new_forward``, guidance.md §3 "Option A") sees the denoiser's
+batched CFG forward, splits the output into the conditional and unconditional halves (order from the adapter
+table), computes the guided prediction g with the method and writes it back so that the pipeline's own
+``u + w (c − u)`` yields g:
+
+- ``write_back="both"`` (A1, default for batched pipelines): both halves = g. Exact for any w.
+- ``write_back="keep_cond"`` (A2, always used for Flux's separate calls): keep c and set
+  u' = (w c − g)/(w − 1) (float32), so code that reads the conditional half (SD's ``guidance_rescale``,
+  SD3 SLG)
+  still sees the true c. Needs the pipeline's w ≠ 1; exact to floating-point tolerance.
+
+When the method plans ``"cond"`` the model runs on the conditional half only (every tensor argument whose
+leading dimension is the full batch is sliced) and when it plans ``"none"`` the model is not called at all.
+Per-generation state is reset at the start of each ``pipe(...)`` through
+:mod:`fastsample.pipelines.call_scope`. The pipeline's guidance scale and CFG switch are read from the running
+``__call__`` (an attribute such as ``pipe._guidance_scale`` or the call's own argument) as the adapter says.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import logging
+import sys
+from collections.abc import Iterator
+from typing import Any, Literal
+
+import torch
+from diffusers.hooks.hooks import BaseState, HookRegistry, ModelHook, StateManager
+
+from fastsample.pipelines.adapters import PipelineAdapter, get_adapter, rho_to_alpha_sigma
+from fastsample.pipelines.call_scope import has_call_hook, on_call, remove_call_hook
+
+from .context import GuidanceContext
+from .methods import GuidanceMethod
+
+logger = logging.getLogger(__name__)
+
+HOOK_NAME = "fastsample_guidance"
+_CALL_KEY = "fastsample.guidance"
+WriteBack = Literal["auto", "both", "keep_cond"]
+
+
+class _NoState(BaseState):
+    def reset(self, *args, **kwargs) -> None:
+        pass
+
+
+def _call_locals(pipe: Any, names: tuple[str, ...]) -> dict[str, Any] | None:
+    """The named locals of the innermost running ``pipe.__call__`` frame, or ``None`` outside a call."""
+    frame = sys._getframe(1)
+    while frame is not None:
+        if frame.f_code.co_name == "__call__" and frame.f_locals.get("self") is pipe:
+            local = frame.f_locals
+            return {name: local[name] for name in names if name in local}
+        frame = frame.f_back
+    return None
+
+
+def _slice_batch(value: Any, full: int, index: slice) -> Any:
+    """Slice every tensor whose leading dimension is ``full`` (recursing into dicts, lists and tuples)."""
+    if isinstance(value, torch.Tensor):
+        return value[index] if value.ndim > 0 and value.shape[0] == full else value
+    if isinstance(value, dict):
+        return {k: _slice_batch(v, full, index) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_slice_batch(v, full, index) for v in value)
+    return value
+
+
+def _prediction(out: Any) -> torch.Tensor:
+    if isinstance(out, torch.Tensor):
+        return out
+    if isinstance(out, tuple):
+        return out[0]
+    return out["sample"]
+
+
+def _with_prediction(out: Any, pred: torch.Tensor) -> Any:
+    if isinstance(out, torch.Tensor):
+        return pred
+    if isinstance(out, tuple):
+        return (pred, *out[1:])
+    return type(out)(**{**out, "sample": pred})
+
+
+def _new_output(module: torch.nn.Module, pred: torch.Tensor, kwargs: dict[str, Any]) -> Any:
+    """Wrap a prediction the way ``module.forward`` would have returned it (used when the model is
+    skipped)."""
+    if not kwargs.get("return_dict", True):
+        return (pred,)
+    from diffusers import UNet2DConditionModel
+
+    if isinstance(module, UNet2DConditionModel):
+        from diffusers.models.unets.unet_2d_condition import UNet2DConditionOutput
+
+        return UNet2DConditionOutput(sample=pred)
+    from diffusers.models.modeling_outputs import Transformer2DModelOutput
+
+    return Transformer2DModelOutput(sample=pred)
+
+
+def next_alpha_sigma(
+    scheduler: Any, timestep: Any, parameterization: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(α', σ') of the sample a first-order scheduler step will produce from ``timestep`` (CFG++,
+    annealing)."""
+    from diffusers import DDIMScheduler, EulerDiscreteScheduler, FlowMatchEulerDiscreteScheduler
+
+    t0 = torch.as_tensor(timestep).reshape(-1)[0]
+    if isinstance(scheduler, (EulerDiscreteScheduler, FlowMatchEulerDiscreteScheduler)):
+        index = scheduler.step_index
+        if index is None:
+            index = scheduler.begin_index
+        if index is None:
+            index = scheduler.index_for_timestep(t0.to(scheduler.timesteps.device))
+        sig = scheduler.sigmas[index + 1].to(torch.float64).cpu()
+        if parameterization == "flow":
+            return 1.0 - sig, sig
+        return rho_to_alpha_sigma(sig)
+    if isinstance(scheduler, DDIMScheduler):
+        prev = int(t0) - scheduler.config.num_train_timesteps // scheduler.num_inference_steps
+        a = scheduler.alphas_cumprod[prev] if prev >= 0 else scheduler.final_alpha_cumprod
+        a = torch.as_tensor(a, dtype=torch.float64).cpu()
+        return a.sqrt(), (1.0 - a).sqrt()
+    raise ValueError(
+        f"{type(scheduler).__name__} is not supported by a method that needs the next noise level "
+        "(CFG++, the learned annealing head): use DDIMScheduler, EulerDiscreteScheduler or "
+        "FlowMatchEulerDiscreteScheduler."
+    )
+
+
+class GuidanceHook(ModelHook):
+    """The ``ModelHook`` that applies ``method`` to ``pipe``'s denoiser (see the module docstring)."""
+
+    _is_stateful = True
+
+    def __init__(self, pipe: Any, adapter: PipelineAdapter, method: GuidanceMethod, write_back: str) -> None:
+        super().__init__()
+        self.pipe = pipe
+        self.adapter = adapter
+        self.method = method
+        self.write_back = write_back
+        self.cache_state = StateManager(_NoState)  # receives diffusers' cache_context name (Flux)
+        self._names = (adapter.guidance_scale_arg, "do_true_cfg")
+        self._signature: inspect.Signature | None = None
+        self.last_stats: dict[str, int] = {}
+        self.reset_call()
+
+    # ------------------------------------------------------------------ per-call state
+    def reset_call(self) -> None:
+        self.method.reset()
+        self._locals: dict[str, Any] | None = None
+        self._full_batch: int | None = None
+        self._pending: dict[str, Any] | None = None
+        self.step = 0
+        self.stats = {"forward_calls": 0, "model_calls": 0, "model_samples": 0}
+
+    def end_call(self) -> None:
+        self.last_stats = dict(self.stats)
+        self._locals = None
+        self._pending = None
+
+    def reset_state(self, module: torch.nn.Module) -> torch.nn.Module:
+        return module
+
+    # ------------------------------------------------------------------ helpers
+    def _run(self, args: tuple, kwargs: dict) -> Any:
+        out = self.fn_ref.original_forward(*args, **kwargs)
+        self.stats["model_calls"] += 1
+        self.stats["model_samples"] += int(self._hidden_and_timestep(args, kwargs)[0].shape[0])
+        return out
+
+    def _hidden_and_timestep(self, args: tuple, kwargs: dict) -> tuple[torch.Tensor, Any]:
+        if self._signature is None:
+            self._signature = inspect.signature(self.fn_ref.original_forward)
+        bound = self._signature.bind_partial(*args, **kwargs).arguments
+        first = next(iter(self._signature.parameters))
+        return bound[first], bound.get("timestep")
+
+    def _pipeline_scale(self) -> float:
+        scale = self.adapter.guidance_scale(self.pipe, self._locals)
+        if scale is None:
+            raise RuntimeError(
+                f"fastsample guidance: cannot find the guidance scale of {type(self.pipe).__name__}."
+            )
+        return scale
+
+    def _context(self, x: torch.Tensor, timestep: Any) -> GuidanceContext:
+        t = torch.as_tensor(timestep if timestep is not None else 0.0).reshape(-1)
+        if t.numel() not in (1, x.shape[0]):
+            t = t[: x.shape[0]]
+        alpha, sigma = self.adapter.alpha_sigma(self.pipe, t)
+        kind = self.adapter.prediction_type(self.pipe)
+        if kind == "flow":
+            noise_fraction = sigma
+        else:
+            noise_fraction = t.to(torch.float64) / getattr(
+                self.pipe.scheduler.config, "num_train_timesteps", 1000
+            )
+        w = self.method.guidance_scale if self.method.guidance_scale is not None else self._pipeline_scale()
+        nxt = next_alpha_sigma(self.pipe.scheduler, t, kind) if self.method.needs_next_sigma else None
+        extra = {}
+        if getattr(self.method, "needs_signature", False) and self.step == 0:
+            from .linear_ag import pipeline_signature
+
+            extra["signature"] = pipeline_signature(self.pipe)
+        return GuidanceContext(
+            x=x,
+            alpha=alpha,
+            sigma=sigma,
+            parameterization=kind,
+            guidance_scale=w,
+            step=self.step,
+            noise_fraction=noise_fraction,
+            next_alpha_sigma=nxt,
+            extra=extra,
+        )
+
+    def _split_channels(self, pred: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        channels = self.adapter.guided_channels(self.pipe)
+        if channels is None:
+            return pred, None
+        return pred[:, :channels], pred[:, channels:]
+
+    @staticmethod
+    def _join_channels(guided: torch.Tensor, rest: torch.Tensor | None) -> torch.Tensor:
+        return guided if rest is None else torch.cat([guided, rest], dim=1)
+
+    def _solve_uncond(self, cond: torch.Tensor, guided: torch.Tensor) -> torch.Tensor:
+        """A2: u' with u' + w (c − u') = g, i.e. u' = (w c − g)/(w − 1), in float32."""
+        if guided is cond:
+            return cond
+        w = self._pipeline_scale()
+        if abs(w - 1.0) < 1e-6:
+            raise ValueError("write_back='keep_cond' needs the pipeline's guidance scale != 1.")
+        dtype = torch.float64 if cond.dtype == torch.float64 else torch.float32
+        return ((w * cond.to(dtype) - guided.to(dtype)) / (w - 1.0)).to(cond.dtype)
+
+    # ------------------------------------------------------------------ the forward
+    def new_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
+        self.stats["forward_calls"] += 1
+        if self._locals is None:
+            self._locals = _call_locals(self.pipe, self._names)
+        if self._locals is None or not self.adapter.cfg_active(self.pipe, self._locals):
+            return self._run(args, kwargs)
+        if self.adapter.cfg_layout == "separate_calls":
+            return self._separate_calls(module, args, kwargs)
+        return self._batched(module, args, kwargs)
+
+    def _batched(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> Any:
+        x, timestep = self._hidden_and_timestep(args, kwargs)
+        n = x.shape[0]
+        if self._full_batch is None:
+            self._full_batch = n
+        if n != self._full_batch or n % 2:
+            return self._run(args, kwargs)  # e.g. SD3's skip-layer forward, or a callback that turned CFG off
+        b = n // 2
+        cond_first = self.adapter.cfg_layout == "cond_first"
+        c_idx, u_idx = (slice(0, b), slice(b, n)) if cond_first else (slice(b, n), slice(0, b))
+        t = torch.as_tensor(timestep) if timestep is not None else None
+        t_cond = t[c_idx] if t is not None and t.ndim > 0 and t.shape[0] == n else t
+        ctx = self._context(x[c_idx], t_cond)
+        plan = self.method.plan(ctx)
+        self.step += 1
+        if plan == "full":
+            out = self._run(args, kwargs)
+            pred = _prediction(out)
+            (c, c_rest), (u, u_rest) = self._split_channels(pred[c_idx]), self._split_channels(pred[u_idx])
+            guided = self.method(c, u, ctx)
+        elif plan == "cond":
+            out = self._run(_slice_batch(args, n, c_idx), _slice_batch(kwargs, n, c_idx))
+            c, c_rest = self._split_channels(_prediction(out))
+            u_rest = c_rest
+            guided = self.method(c, None, ctx)
+        elif plan == "none":
+            guided = self.method(None, None, ctx)
+            c, c_rest, u_rest, out = guided, None, None, None
+        else:
+            raise ValueError(
+                f"{type(self.method).__name__}.plan returned {plan!r}; expected 'full', 'cond' or 'none'."
+            )
+        guided = guided.to(c.dtype)
+        new_u = guided if self.write_back == "both" else self._solve_uncond(c, guided)
+        new_c = guided if self.write_back == "both" else c
+        halves = [self._join_channels(new_c, c_rest), self._join_channels(new_u, u_rest)]
+        full = torch.cat(halves if cond_first else halves[::-1], dim=0)
+        return _new_output(module, full, kwargs) if out is None else _with_prediction(out, full)
+
+    def _separate_calls(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> Any:
+        context = self.cache_state._context
+        name = None if context is None else context.name
+        if name == "cond":
+            x, timestep = self._hidden_and_timestep(args, kwargs)
+            ctx = self._context(x, timestep)
+            plan = self.method.plan(ctx)
+            if plan == "none":
+                guided = self.method(None, None, ctx).to(x.dtype)
+                self._pending = {"ctx": ctx, "plan": plan, "cond": guided, "guided": guided}
+                return _new_output(module, guided, kwargs)
+            out = self._run(args, kwargs)
+            cond = _prediction(out)
+            guided = self.method(cond, None, ctx) if plan == "cond" else None
+            self._pending = {"ctx": ctx, "plan": plan, "cond": cond, "guided": guided}
+            return out
+        if name == "uncond" and self._pending is not None:
+            pending, self._pending = self._pending, None
+            self.step += 1
+            cond = pending["cond"]
+            if pending["plan"] in ("cond", "none"):
+                return _new_output(module, self._solve_uncond(cond, pending["guided"].to(cond.dtype)), kwargs)
+            out = self._run(args, kwargs)
+            guided = self.method(cond, _prediction(out), pending["ctx"]).to(cond.dtype)
+            return _with_prediction(out, self._solve_uncond(cond, guided))
+        return self._run(args, kwargs)
+
+
+class GuidanceHandle:
+    """Returned by :func:`enable_guidance`; ``disable()`` removes the hook and restores the pipeline
+    exactly."""
+
+    def __init__(
+        self, pipe: Any, hook: GuidanceHook, module: torch.nn.Module, had_forward: bool, had_registry: bool
+    ):
+        self.pipe = pipe
+        self.hook = hook
+        self._module = module
+        self._had_forward = had_forward
+        self._had_registry = had_registry
+        self.active = True
+
+    @property
+    def method(self) -> GuidanceMethod:
+        return self.hook.method
+
+    @property
+    def last_stats(self) -> dict[str, int]:
+        """Denoiser forwards, real model calls and samples evaluated during the last completed pipeline
+        call."""
+        return dict(self.hook.last_stats)
+
+    def disable(self) -> None:
+        if not self.active:
+            return
+        registry = self._module._diffusers_hook
+        registry.remove_hook(HOOK_NAME, recurse=False)
+        if not registry.hooks:
+            if not self._had_forward:
+                self._module.__dict__.pop("forward", None)
+            if not self._had_registry:
+                del self._module._diffusers_hook
+        remove_call_hook(self.pipe, _CALL_KEY)
+        self.active = False
+
+    def __enter__(self) -> GuidanceHandle:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.disable()
+
+
+def enable_guidance(pipe: Any, method: GuidanceMethod, write_back: WriteBack = "auto") -> GuidanceHandle:
+    """Guide every later ``pipe(...)`` call with ``method`` until ``handle.disable()``.
+
+    Args:
+        pipe: a supported diffusers (or fastsample) pipeline; see
+            :func:`fastsample.pipelines.adapters.supported_pipelines`.
+        method: a :class:`~fastsample.guidance.methods.GuidanceMethod` instance.
+        write_back: ``"auto"`` (A1 for batched pipelines, A2 for separate calls), ``"both"`` (A1) or
+            ``"keep_cond"`` (A2); see the module docstring.
+    """
+    if not isinstance(method, GuidanceMethod):
+        raise TypeError(f"method must be a fastsample.guidance method instance, got {type(method).__name__}.")
+    if write_back not in ("auto", "both", "keep_cond"):
+        raise ValueError(f"write_back must be 'auto', 'both' or 'keep_cond', got {write_back!r}.")
+    adapter = get_adapter(pipe)
+    if adapter.cfg_layout == "separate_calls":
+        if write_back == "both":
+            raise ValueError(
+                f"{type(pipe).__name__} runs cond and uncond as separate calls: use write_back='keep_cond'."
+            )
+        write_back = "keep_cond"
+    elif write_back == "auto":
+        write_back = "both"
+    if has_call_hook(pipe, _CALL_KEY):
+        raise ValueError("guidance is already enabled on this pipeline; disable the existing handle first.")
+    module = adapter.denoiser(pipe)
+    had_forward = "forward" in module.__dict__
+    had_registry = hasattr(module, "_diffusers_hook")
+    hook = GuidanceHook(pipe, adapter, method, write_back)
+    HookRegistry.check_if_exists_or_initialize(module).register_hook(hook, HOOK_NAME)
+    on_call(pipe, _CALL_KEY, hook.reset_call, hook.end_call)
+    return GuidanceHandle(pipe, hook, module, had_forward, had_registry)
+
+
+@contextlib.contextmanager
+def guide(pipe: Any, method: GuidanceMethod, write_back: WriteBack = "auto") -> Iterator[GuidanceHandle]:
+    """``with guide(pipe, APG()): pipe(...)``: guidance for the calls inside the block only."""
+    handle = enable_guidance(pipe, method, write_back)
+    try:
+        yield handle
+    finally:
+        handle.disable()
+
+
+__all__ = ["GuidanceHandle", "GuidanceHook", "enable_guidance", "guide", "next_alpha_sigma"]

@@ -1,0 +1,230 @@
+"""The one table of per-pipeline facts that guidance and caching both need.
+
+Every capability that hooks a pipeline's denoiser asks :func:`get_adapter` for the facts below instead of
+hard-coding them (architecture.md, "One table of pipeline facts"; guidance.md §2.1 and §3):
+
+- ``denoiser_attr``: the pipeline attribute holding the denoiser (``"unet"`` or ``"transformer"``).
+- ``cfg_layout``: how the two classifier-free-guidance passes reach the denoiser:
+  ``"uncond_first"`` (one forward on ``[uncond; cond]``, SD/SDXL/PixArt/SD3), ``"cond_first"`` (one forward
+  on ``[cond; uncond]`` with the null class, DiT and fastsample's PixelDiT) or ``"separate_calls"`` (two
+  forwards per step, cond then uncond, Flux with true CFG only).
+- ``parameterization``: ``"scheduler"`` (ε, v or x0 as ``scheduler.config.prediction_type`` says; VP noise
+  schedule) or ``"flow"`` (rectified-flow velocity v = ε − x0 with x_t = (1 − s) x0 + s ε).
+- ``learned_sigma``: whether the denoiser may output 2C channels (ε and a variance); only the first C are
+  guided. Whether a given model actually does is read from its config (``out_channels == 2 * in_channels``).
+- ``flow_time_scale``: for flow pipelines, the factor between the timestep passed to the denoiser and s
+  (SD3 passes ``1000 s``, Flux passes ``s``).
+- ``guidance_scale_attr`` / ``guidance_scale_arg``: where the pipeline keeps its guidance scale: an attribute
+  set during ``__call__`` (``pipe._guidance_scale``) or only the ``__call__`` argument (DiT, PixArt,
+  Flux ``true_cfg_scale``).
+- ``opens_cache_context``: whether the pipeline wraps its denoiser calls in ``denoiser.cache_context(name)``.
+
+Pipelines are keyed by class *name* and looked up along the MRO, so a pipeline defined elsewhere
+(``fastsample.pipelines.pixel_dit.PixelDiTPipeline``) is registered without importing it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+
+CfgLayout = Literal["uncond_first", "cond_first", "separate_calls"]
+Parameterization = Literal["epsilon", "v_prediction", "sample", "flow"]
+
+_VP_PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+
+
+@dataclass(frozen=True)
+class PipelineAdapter:
+    """Facts about one pipeline class (see the module docstring for each field)."""
+
+    pipeline: str
+    denoiser_attr: str
+    cfg_layout: CfgLayout
+    parameterization: Literal["scheduler", "flow"]
+    learned_sigma: bool = False
+    flow_time_scale: float | None = None
+    guidance_scale_attr: str | None = None
+    guidance_scale_arg: str = "guidance_scale"
+    opens_cache_context: bool = False
+
+    # ------------------------------------------------------------------ pipeline-level facts
+    def denoiser(self, pipe: Any) -> torch.nn.Module:
+        """The pipeline's denoiser module (``pipe.unet`` or ``pipe.transformer``)."""
+        module = getattr(pipe, self.denoiser_attr, None)
+        if module is None:
+            raise ValueError(f"{type(pipe).__name__} has no `{self.denoiser_attr}` component loaded.")
+        return module
+
+    def prediction_type(self, pipe: Any) -> Parameterization:
+        """What the denoiser's (first C) output channels are: ``epsilon``, ``v_prediction``, ``sample``
+        or ``flow``."""
+        if self.parameterization == "flow":
+            return "flow"
+        kind = getattr(pipe.scheduler.config, "prediction_type", None) or "epsilon"
+        if kind not in _VP_PREDICTION_TYPES:
+            raise ValueError(
+                f"{type(pipe).__name__}: scheduler prediction_type={kind!r} is not supported; "
+                f"expected one of {_VP_PREDICTION_TYPES}."
+            )
+        return kind
+
+    def guided_channels(self, pipe: Any) -> int | None:
+        """Number of leading output channels to guide when the model outputs a learned variance, else
+        ``None``."""
+        if not self.learned_sigma:
+            return None
+        config = self.denoiser(pipe).config
+        in_channels = config.in_channels
+        out_channels = getattr(config, "out_channels", None) or in_channels
+        return in_channels if out_channels == 2 * in_channels else None
+
+    def guidance_scale(self, pipe: Any, call_locals: dict[str, Any] | None) -> float | None:
+        """The scale the running pipeline call combines with (``None`` when it cannot be found)."""
+        if self.guidance_scale_attr is not None and hasattr(pipe, self.guidance_scale_attr):
+            return float(getattr(pipe, self.guidance_scale_attr))
+        if call_locals is not None and self.guidance_scale_arg in call_locals:
+            return float(call_locals[self.guidance_scale_arg])
+        return None
+
+    def cfg_active(self, pipe: Any, call_locals: dict[str, Any] | None) -> bool:
+        """Whether the running call evaluates both the conditional and the unconditional pass."""
+        if self.cfg_layout == "separate_calls":
+            return bool(call_locals is not None and call_locals.get("do_true_cfg", False))
+        flag = getattr(pipe, "do_classifier_free_guidance", None)
+        if isinstance(flag, bool):
+            return flag
+        scale = self.guidance_scale(pipe, call_locals)
+        return scale is not None and scale > 1.0
+
+    # ------------------------------------------------------------------ noise-level facts
+    def alpha_sigma(self, pipe: Any, timestep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(α, σ) of x_t = α x0 + σ ε for the timestep the denoiser receives (per sample, float64).
+
+        VP pipelines: α = √ᾱ(t), σ = √(1 − ᾱ(t)) from the model's training noise schedule, log-linearly
+        interpolated in ρ = σ/α for fractional t (the inverse of diffusers' ``_sigma_to_t``). Flow pipelines:
+        s = t / ``flow_time_scale``, α = 1 − s, σ = s.
+        """
+        t = torch.as_tensor(timestep).detach().to("cpu", torch.float64).reshape(-1)
+        if self.parameterization == "flow":
+            s = t / float(self.flow_time_scale)
+            return 1.0 - s, s
+        log_rho = training_log_rho(pipe.scheduler)
+        n = log_rho.numel()
+        t = t.clamp(0, n - 1)
+        lo = t.floor().long()
+        hi = (lo + 1).clamp(max=n - 1)
+        frac = t - lo.to(torch.float64)
+        lr = (1 - frac) * log_rho[lo] + frac * log_rho[hi]
+        rho = lr.exp()
+        alpha = 1.0 / torch.sqrt(1.0 + rho**2)
+        return alpha, rho * alpha
+
+
+def training_log_rho(scheduler: Any) -> torch.Tensor:
+    """log(σ/α) for every training timestep of a VP scheduler (from ``alphas_cumprod`` or rebuilt from
+    config)."""
+    alphas_cumprod = getattr(scheduler, "alphas_cumprod", None)
+    if alphas_cumprod is None:
+        from diffusers import DDPMScheduler
+
+        alphas_cumprod = DDPMScheduler.from_config(scheduler.config).alphas_cumprod
+    ac = torch.as_tensor(alphas_cumprod, dtype=torch.float64).cpu()
+    return 0.5 * torch.log((1.0 - ac) / ac)
+
+
+_VP_UNCOND_FIRST = {"cfg_layout": "uncond_first", "parameterization": "scheduler"}
+
+ADAPTERS: dict[str, PipelineAdapter] = {
+    a.pipeline: a
+    for a in (
+        PipelineAdapter(
+            "StableDiffusionPipeline", "unet", guidance_scale_attr="_guidance_scale", **_VP_UNCOND_FIRST
+        ),
+        PipelineAdapter(
+            "StableDiffusionImg2ImgPipeline",
+            "unet",
+            guidance_scale_attr="_guidance_scale",
+            **_VP_UNCOND_FIRST,
+        ),
+        PipelineAdapter(
+            "StableDiffusionXLPipeline", "unet", guidance_scale_attr="_guidance_scale", **_VP_UNCOND_FIRST
+        ),
+        PipelineAdapter(
+            "StableDiffusionXLImg2ImgPipeline",
+            "unet",
+            guidance_scale_attr="_guidance_scale",
+            **_VP_UNCOND_FIRST,
+        ),
+        PipelineAdapter("PixArtAlphaPipeline", "transformer", learned_sigma=True, **_VP_UNCOND_FIRST),
+        PipelineAdapter("PixArtSigmaPipeline", "transformer", learned_sigma=True, **_VP_UNCOND_FIRST),
+        PipelineAdapter(
+            "DiTPipeline",
+            "transformer",
+            cfg_layout="cond_first",
+            parameterization="scheduler",
+            learned_sigma=True,
+        ),
+        PipelineAdapter(
+            "PixelDiTPipeline",
+            "transformer",
+            cfg_layout="cond_first",
+            parameterization="scheduler",
+            learned_sigma=True,
+            guidance_scale_attr="_guidance_scale",
+        ),
+        PipelineAdapter(
+            "StableDiffusion3Pipeline",
+            "transformer",
+            cfg_layout="uncond_first",
+            parameterization="flow",
+            flow_time_scale=1000.0,
+            guidance_scale_attr="_guidance_scale",
+        ),
+        PipelineAdapter(
+            "FluxPipeline",
+            "transformer",
+            cfg_layout="separate_calls",
+            parameterization="flow",
+            flow_time_scale=1.0,
+            guidance_scale_arg="true_cfg_scale",
+            opens_cache_context=True,
+        ),
+    )
+}
+
+
+def supported_pipelines() -> list[str]:
+    """Names of the pipeline classes with an adapter."""
+    return sorted(ADAPTERS)
+
+
+def get_adapter(pipe: Any) -> PipelineAdapter:
+    """The adapter for a pipeline instance (or class); a ``ValueError`` naming the supported ones
+    otherwise."""
+    cls = pipe if isinstance(pipe, type) else type(pipe)
+    for klass in cls.__mro__:
+        adapter = ADAPTERS.get(klass.__name__)
+        if adapter is not None:
+            return adapter
+    supported = ", ".join(supported_pipelines())
+    raise ValueError(f"fastsample has no adapter for {cls.__name__}; supported pipelines: {supported}.")
+
+
+def rho_to_alpha_sigma(rho: torch.Tensor | float) -> tuple[torch.Tensor, torch.Tensor]:
+    """VP (α, σ) for an EDM/k-diffusion sigma ρ = σ/α."""
+    rho = torch.as_tensor(rho, dtype=torch.float64)
+    alpha = 1.0 / torch.sqrt(1.0 + rho**2)
+    return alpha, rho * alpha
+
+
+__all__ = [
+    "ADAPTERS",
+    "PipelineAdapter",
+    "get_adapter",
+    "rho_to_alpha_sigma",
+    "supported_pipelines",
+    "training_log_rho",
+]

@@ -1,0 +1,432 @@
+"""Trainer of the embedded class-conditional pixel-space DiT on the procedural zoo data.
+
+Used by ``fastsample train``.
+
+Model: diffusers ``DiTTransformer2DModel`` on 32×32 RGB pixels (``in_channels = out_channels = 3``,
+``num_embeds_ada_norm = 10``: labels 0–9, the null label for classifier-free guidance is 10). Noise schedule:
+DDPM linear betas 1e-4…0.02 over 1000 steps (ᾱ_999 ≈ 4e-5, no near-zero ᾱ), ε-prediction. The objective is
+:class:`~fastsample.training.objective.DiffusionObjective` (weighting and timestep sampler selectable).
+
+Label dropout is done once per sample, to the null class, here; the per-block label-embedding dropout that
+``DiTTransformer2DModel`` applies independently in every block is set to 0 (otherwise each block drops labels
+independently and classifier-free guidance is trained wrongly).
+
+Optimiser AdamW with linear warm-up then a constant LR, gradient clipping, EMA (diffusers ``EMAModel`` with
+warm-up), optional bf16 autocast, ``accelerate`` for several processes. All randomness of step ``k`` on
+process ``p`` comes from generators seeded by ``(seed, k, p)``, and ``accelerate``'s ``save_state`` stores the
+model, EMA, optimizer, LR scheduler and RNG states, so resuming from a checkpoint is bit-exact.
+
+Export (:func:`export_weights`) writes the EMA weights as fp16 safetensors + the model config + a
+``DPMSolverMultistepScheduler`` config with the same betas, to sample with.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import shutil
+import signal
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..zoo.data import IMAGE_SIZE, NUM_CLASSES, generate_batch
+from .objective import DiffusionObjective
+
+__all__ = [
+    "TrainConfig",
+    "build_model",
+    "build_noise_scheduler",
+    "export_weights",
+    "latest_checkpoint",
+    "load_exported_model",
+    "sampling_scheduler_config",
+    "train",
+]
+
+logger = logging.getLogger(__name__)
+
+WEIGHT_FILE = "dit.safetensors"
+CONFIG_FILE = "dit_config.json"
+SCHEDULER_FILE = "scheduler_config.json"
+_STATE_FILE = "trainer_state.json"
+
+
+@dataclass
+class TrainConfig:
+    """Hyper-parameters of ``fastsample train`` (defaults: the shipped model)."""
+
+    output_dir: str = "zoo_runs/dit"
+    steps: int = 20_000
+    batch_size: int = 64  # per process
+    lr: float = 7e-4
+    warmup_steps: int = 300
+    weight_decay: float = 0.0
+    adam_betas: tuple[float, float] = (0.9, 0.99)
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999
+    ema_power: float = 2 / 3
+    label_dropout: float = 0.1
+    weighting: str = "min_snr"
+    gamma: float = 5.0
+    sampler: str = "uniform"
+    sampler_kwargs: dict[str, float] = field(default_factory=dict)
+    prediction_type: str = "epsilon"
+    mixflow_gamma: float | None = None  # MixFlow on the VP schedule: experimental
+    width: int = 128  # num_attention_heads × attention_head_dim
+    head_dim: int = 32
+    depth: int = 6
+    patch_size: int = 4
+    seed: int = 0
+    mixed_precision: str = "no"  # "no" or "bf16"
+    checkpoint_every_steps: int = 0  # 0 = by time only
+    checkpoint_every_minutes: float = 8.0
+    keep_checkpoints: int = 2
+    export_dir: str | None = None  # also export EMA weights here at every checkpoint
+    num_threads: int | None = None
+    log_every: int = 50
+    progress: bool = True
+
+    def validate(self) -> None:
+        positive = ("steps", "batch_size", "width", "head_dim", "depth", "patch_size")
+        for name in positive:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if self.width % self.head_dim:
+            raise ValueError(f"width ({self.width}) must be a multiple of head_dim ({self.head_dim})")
+        if IMAGE_SIZE % self.patch_size:
+            raise ValueError(f"patch_size must divide {IMAGE_SIZE}, got {self.patch_size}")
+        if not 0 <= self.label_dropout < 1:
+            raise ValueError(f"label_dropout must lie in [0, 1), got {self.label_dropout}")
+        if not self.lr > 0 or self.warmup_steps < 0:
+            raise ValueError("lr must be > 0 and warmup_steps >= 0")
+        if self.mixed_precision not in ("no", "bf16"):
+            raise ValueError(f"mixed_precision must be 'no' or 'bf16', got {self.mixed_precision!r}")
+        if not 0 < self.ema_decay < 1:
+            raise ValueError(f"ema_decay must lie in (0, 1), got {self.ema_decay}")
+
+
+def build_model(config: TrainConfig) -> Any:
+    """The embedded DiT, with the per-block label dropout switched off (dropout is done once per sample)."""
+    from diffusers import DiTTransformer2DModel
+
+    model = DiTTransformer2DModel(
+        num_attention_heads=config.width // config.head_dim,
+        attention_head_dim=config.head_dim,
+        in_channels=3,
+        out_channels=3,
+        num_layers=config.depth,
+        sample_size=IMAGE_SIZE,
+        patch_size=config.patch_size,
+        num_embeds_ada_norm=NUM_CLASSES,
+        norm_type="ada_norm_zero",
+    )
+    disable_block_label_dropout(model)
+    return model
+
+
+def disable_block_label_dropout(model: torch.nn.Module) -> None:
+    """Set every label embedding's built-in dropout to 0 (the null row of the table is kept)."""
+    from diffusers.models.embeddings import LabelEmbedding
+
+    for module in model.modules():
+        if isinstance(module, LabelEmbedding):
+            module.dropout_prob = 0.0
+
+
+def build_noise_scheduler(prediction_type: str = "epsilon") -> Any:
+    """DDPM linear betas 1e-4…0.02, 1000 steps (the training schedule)."""
+    from diffusers import DDPMScheduler
+
+    return DDPMScheduler(
+        num_train_timesteps=1000,
+        beta_schedule="linear",
+        beta_start=1e-4,
+        beta_end=0.02,
+        prediction_type=prediction_type,
+        clip_sample=False,
+    )
+
+
+def sampling_scheduler_config(prediction_type: str = "epsilon") -> dict[str, Any]:
+    """A DPM-Solver++(2M) config (as ``save_config`` writes it) with the training betas, to sample with."""
+    from diffusers import DPMSolverMultistepScheduler
+
+    scheduler = DPMSolverMultistepScheduler(
+        num_train_timesteps=1000,
+        beta_schedule="linear",
+        beta_start=1e-4,
+        beta_end=0.02,
+        prediction_type=prediction_type,
+        algorithm_type="dpmsolver++",
+        solver_order=2,
+    )
+    return json.loads(scheduler.to_json_string())
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
+    os.chmod(tmp, 0o644)  # mkstemp creates 0600 files; these are shipped package data
+    os.replace(tmp, path)
+
+
+def export_weights(
+    model: torch.nn.Module,
+    directory: str | os.PathLike,
+    *,
+    prediction_type: str = "epsilon",
+    metadata: dict[str, str] | None = None,
+) -> None:
+    """Write ``dit.safetensors`` (fp16), ``dit_config.json`` and ``scheduler_config.json`` into ``directory``.
+
+    Files are replaced atomically, so a reader never sees a half-written file.
+    """
+    from safetensors.torch import save
+
+    directory = Path(directory)
+    state = {name: t.detach().to("cpu", torch.float16).contiguous() for name, t in model.state_dict().items()}
+    _atomic_write_bytes(directory / WEIGHT_FILE, save(state, metadata=metadata or {}))
+    _atomic_write_bytes(directory / CONFIG_FILE, model.to_json_string().encode())
+    scheduler_config = sampling_scheduler_config(prediction_type)
+    _atomic_write_bytes(
+        directory / SCHEDULER_FILE, (json.dumps(scheduler_config, indent=2, sort_keys=True) + "\n").encode()
+    )
+
+
+def load_exported_model(directory: str | os.PathLike, dtype: torch.dtype = torch.float32) -> Any:
+    """Load a model written by :func:`export_weights`."""
+    from diffusers import DiTTransformer2DModel
+    from safetensors.torch import load_file
+
+    directory = Path(directory)
+    config = json.loads((directory / CONFIG_FILE).read_text())
+    model = DiTTransformer2DModel.from_config(config)
+    model.load_state_dict(load_file(directory / WEIGHT_FILE))  # fp16 file -> the model's fp32 parameters
+    if dtype != torch.float32:
+        model = model.to(dtype)
+    return model.eval()
+
+
+def _step_generator(seed: int, step: int, process_index: int, stream: int) -> torch.Generator:
+    """Independent CPU generator for (seed, step, process, stream): no RNG state is carried across steps."""
+    mixed = 0
+    for value in (seed, step, process_index, stream):
+        mixed = (mixed * 0x100000001B3 + int(value) + 0x9E3779B97F4A7C15) % (1 << 64)
+        mixed ^= mixed >> 29
+    return torch.Generator().manual_seed(mixed & ((1 << 63) - 1))
+
+
+@contextlib.contextmanager
+def _sigterm_as_exit() -> Iterator[None]:
+    """Turn SIGTERM into SystemExit so that the final checkpoint is written; restores the old handler."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _checkpoints(output_dir: Path) -> list[Path]:
+    found = [p for p in output_dir.glob("checkpoint-*") if (p / _STATE_FILE).exists()]
+    return sorted(found, key=lambda p: int(p.name.split("-")[1]))
+
+
+def latest_checkpoint(output_dir: str | os.PathLike) -> Path | None:
+    """The newest complete checkpoint folder in ``output_dir`` (or None)."""
+    found = _checkpoints(Path(output_dir))
+    return found[-1] if found else None
+
+
+def train(config: TrainConfig, resume: str | os.PathLike | None = None) -> dict[str, Any]:
+    """Train (or resume) the embedded DiT. ``resume`` is a checkpoint folder or ``"latest"``.
+
+    Returns a summary: final step, last logged loss, wall-clock seconds and the output directory.
+    """
+    from accelerate import Accelerator
+    from diffusers.training_utils import EMAModel
+    from tqdm.auto import tqdm
+
+    config.validate()
+    if config.num_threads:
+        torch.set_num_threads(config.num_threads)
+    output_dir = Path(config.output_dir)
+    accelerator = Accelerator(mixed_precision=config.mixed_precision, cpu=not torch.cuda.is_available())
+    with torch.random.fork_rng(devices=[]):  # seeded initialisation without touching the global RNG
+        torch.manual_seed(config.seed)
+        model = build_model(config)
+    noise_scheduler = build_noise_scheduler(config.prediction_type)
+    objective = DiffusionObjective(
+        noise_scheduler,
+        prediction_type=config.prediction_type,
+        weighting=config.weighting,
+        gamma=config.gamma,
+        sampler=config.sampler,
+        sampler_kwargs=config.sampler_kwargs,
+        mixflow_gamma=config.mixflow_gamma,
+    )
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=config.lr, betas=tuple(config.adam_betas), weight_decay=config.weight_decay
+    )
+    warmup = config.warmup_steps
+    lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda k: min(1.0, (k + 1) / (warmup + 1)))
+    ema = EMAModel(
+        model.parameters(),
+        decay=config.ema_decay,
+        use_ema_warmup=True,
+        inv_gamma=1.0,
+        power=config.ema_power,
+    )
+    model, optimizer, lr_scheduler = accelerator.prepare(model, optimizer, lr_scheduler)
+    ema.to(accelerator.device)
+    accelerator.register_for_checkpointing(ema)
+
+    step = 0
+    if resume is not None:
+        path = latest_checkpoint(output_dir) if str(resume) == "latest" else Path(resume)
+        if path is None:
+            logger.info("no checkpoint in %s: starting from scratch", output_dir)
+        else:
+            if not (path / _STATE_FILE).exists():
+                raise FileNotFoundError(f"{path} is not a checkpoint folder (no {_STATE_FILE})")
+            accelerator.load_state(str(path))
+            step = json.loads((path / _STATE_FILE).read_text())["step"]
+            logger.info("resumed from %s at step %d", path, step)
+    if accelerator.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        (output_dir / "train_config.json").write_text(json.dumps(asdict(config), indent=2) + "\n")
+
+    null_label = NUM_CLASSES
+    per_process = config.batch_size
+    model.train()
+    start = time.monotonic()
+    last_checkpoint = time.monotonic()
+    running, running_count, last_loss = 0.0, 0, float("nan")
+    bar = tqdm(
+        total=config.steps,
+        initial=step,
+        disable=not (config.progress and accelerator.is_main_process),
+        desc="train DiT",
+    )
+
+    saved_step = step
+
+    def checkpoint_due(last: float) -> bool:
+        if config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0:
+            return True
+        if config.checkpoint_every_minutes <= 0:
+            return False
+        due = float(time.monotonic() - last >= 60 * config.checkpoint_every_minutes)
+        # All processes must agree, or one would wait forever in save_state.
+        return accelerator.reduce(torch.tensor([due], device=accelerator.device), reduction="sum").item() > 0
+
+    def save_checkpoint() -> None:
+        nonlocal saved_step
+        saved_step = step
+        accelerator.wait_for_everyone()
+        path = output_dir / f"checkpoint-{step}"
+        accelerator.save_state(str(path))
+        if accelerator.is_main_process:
+            (path / _STATE_FILE).write_text(json.dumps({"step": step, "loss": last_loss}) + "\n")
+            for old in _checkpoints(output_dir)[: -config.keep_checkpoints]:
+                shutil.rmtree(old, ignore_errors=True)
+            if config.export_dir:
+                export_ema(config.export_dir)
+            logger.info("checkpoint %s written", path)
+        accelerator.wait_for_everyone()
+
+    def export_ema(directory: str | os.PathLike) -> None:
+        unwrapped = accelerator.unwrap_model(model)
+        ema.store(unwrapped.parameters())
+        ema.copy_to(unwrapped.parameters())
+        try:
+            export_weights(
+                unwrapped,
+                directory,
+                prediction_type=config.prediction_type,
+                metadata={"step": str(step), "loss": f"{last_loss:.6f}", "ema": "true"},
+            )
+        finally:
+            ema.restore(unwrapped.parameters())
+
+    with _sigterm_as_exit():
+        try:
+            while step < config.steps:
+                rank = accelerator.process_index
+                data_gen = _step_generator(config.seed, step, rank, 0)
+                x0, labels = generate_batch(per_process, generator=data_gen)
+                drop = torch.rand(per_process, generator=data_gen) < config.label_dropout
+                labels = torch.where(drop, torch.full_like(labels, null_label), labels)
+                x0, labels = x0.to(accelerator.device), labels.to(accelerator.device)
+                batch = objective.prepare(x0, generator=_step_generator(config.seed, step, rank, 1))
+                with accelerator.autocast():
+                    pred = model(batch.model_input, timestep=batch.timesteps, class_labels=labels).sample
+                loss = objective.loss(pred, batch)
+                accelerator.backward(loss)
+                if config.grad_clip > 0:
+                    accelerator.clip_grad_norm_(model.parameters(), config.grad_clip)
+                optimizer.step()
+                lr_scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                ema.step(accelerator.unwrap_model(model).parameters())
+                step += 1
+                bar.update(1)
+
+                loss_value = accelerator.reduce(loss.detach(), reduction="mean").item()
+                if not math.isfinite(loss_value):
+                    raise FloatingPointError(f"loss became {loss_value} at step {step}")
+                running += loss_value
+                running_count += 1
+                if step % config.log_every == 0 or step == config.steps:
+                    last_loss = running / running_count
+                    running, running_count = 0.0, 0
+                    elapsed = time.monotonic() - start
+                    bar.set_postfix(loss=f"{last_loss:.4f}")
+                    log = logger.info if accelerator.is_main_process else logger.debug
+                    log(
+                        "step %d loss %.5f lr %.2e ema_decay %.4f elapsed %.0fs",
+                        step,
+                        last_loss,
+                        lr_scheduler.get_last_lr()[0],
+                        ema.cur_decay_value or 0.0,
+                        elapsed,
+                    )
+                if step < config.steps and checkpoint_due(last_checkpoint):
+                    save_checkpoint()
+                    last_checkpoint = time.monotonic()
+        except FloatingPointError:
+            bar.close()
+            raise  # never checkpoint a diverged model
+        except BaseException:
+            bar.close()
+            if step > saved_step:
+                save_checkpoint()  # on Ctrl-C / SIGTERM: keep the progress
+            raise
+    bar.close()
+    if step > saved_step:
+        save_checkpoint()
+    return {
+        "step": step,
+        "loss": last_loss,
+        "seconds": time.monotonic() - start,
+        "output_dir": str(output_dir),
+    }

@@ -1,0 +1,193 @@
+"""Loaders for the embedded default: the shipped pixel-space DiT pipeline and the in-domain feature network.
+
+The files live in ``fastsample/zoo/weights/`` inside the installed package (found with
+``importlib.resources``), so nothing is ever downloaded:
+
+- ``featurenet.safetensors``: :class:`~fastsample.zoo.featurenet.FeatureNet`
+  (reproduced by ``fastsample train-featurenet``);
+- ``dit.safetensors`` + ``dit_config.json``: the ``DiTTransformer2DModel`` trained on
+  :mod:`fastsample.zoo.data`;
+- ``scheduler_config.json``: the noise schedule it was trained with (a diffusers scheduler config).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.resources
+import json
+import logging
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from fastsample.zoo.featurenet import FeatureNet, load_feature_net_file
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "DIT_CONFIG_FILE",
+    "DIT_WEIGHTS_FILE",
+    "FEATURE_NET_FILE",
+    "SCHEDULER_CONFIG_FILE",
+    "classify",
+    "images_to_tensor",
+    "load_default_pipeline",
+    "load_default_scheduler",
+    "load_default_transformer",
+    "load_feature_net",
+]
+
+FEATURE_NET_FILE = "featurenet.safetensors"
+DIT_WEIGHTS_FILE = "dit.safetensors"
+DIT_CONFIG_FILE = "dit_config.json"
+SCHEDULER_CONFIG_FILE = "scheduler_config.json"
+
+_HOW_TO_PRODUCE = {
+    FEATURE_NET_FILE: "run `fastsample train-featurenet` (see benchmarks/results/zoo.md)",
+    DIT_WEIGHTS_FILE: "train the default DiT with the zoo DiT trainer (see benchmarks/results/zoo.md)",
+    DIT_CONFIG_FILE: "the zoo DiT trainer writes it next to dit.safetensors (see benchmarks/results/zoo.md)",
+    SCHEDULER_CONFIG_FILE: "it is written by the zoo DiT trainer (see benchmarks/results/zoo.md)",
+}
+
+
+def _weights_root() -> Any:
+    """The package's ``weights`` folder (an ``importlib.resources`` Traversable)."""
+    return importlib.resources.files("fastsample.zoo").joinpath("weights")
+
+
+@contextlib.contextmanager
+def _weights_file(name: str) -> Iterator[Path]:
+    """Path of a shipped weights file; a clear FileNotFoundError when the file is not in the package."""
+    resource = _weights_root().joinpath(name)
+    if not resource.is_file():
+        raise FileNotFoundError(
+            f"fastsample/zoo/weights/{name} is missing from the installed package; to produce it, "
+            f"{_HOW_TO_PRODUCE[name]}."
+        )
+    with importlib.resources.as_file(resource) as path:
+        yield path
+
+
+def _read_json(name: str) -> dict[str, Any]:
+    with _weights_file(name) as path:
+        return json.loads(path.read_text())
+
+
+def load_feature_net(device: str | torch.device | None = None) -> FeatureNet:
+    """The shipped :class:`FeatureNet` in eval mode (on ``device``, CPU by default)."""
+    with _weights_file(FEATURE_NET_FILE) as path:
+        return load_feature_net_file(path, device=device)
+
+
+def load_default_transformer(
+    device: str | torch.device | None = None, dtype: torch.dtype | None = None
+) -> Any:
+    """The shipped ``DiTTransformer2DModel`` (eval mode), weights cast to ``dtype`` (float32 by default)."""
+    from diffusers import DiTTransformer2DModel
+    from safetensors.torch import load_file
+
+    config = _read_json(DIT_CONFIG_FILE)
+    class_name = config.get("_class_name", "DiTTransformer2DModel")
+    if class_name not in ("DiTTransformer2DModel", "Transformer2DModel"):
+        raise ValueError(
+            f"{DIT_CONFIG_FILE}: expected a DiTTransformer2DModel config, got _class_name {class_name!r}"
+        )
+    with _weights_file(DIT_WEIGHTS_FILE) as path:
+        state_dict = load_file(str(path))
+    transformer = DiTTransformer2DModel.from_config(config)
+    transformer.load_state_dict(state_dict, strict=True)
+    transformer = transformer.to(device=device, dtype=dtype or torch.float32)
+    return transformer.eval()
+
+
+def load_default_scheduler(scheduler: Any = None) -> Any:
+    """The scheduler of the default pipeline.
+
+    ``scheduler`` may be ``None`` (the shipped config's own class), a scheduler class (built with
+    ``from_config`` from the shipped config, so it keeps the training noise schedule), or a scheduler instance
+    (returned as is).
+    """
+    if scheduler is not None and not isinstance(scheduler, type):
+        if not (hasattr(scheduler, "set_timesteps") and hasattr(scheduler, "step")):
+            raise TypeError(f"scheduler: expected a diffusers scheduler class or instance, got {scheduler!r}")
+        return scheduler
+    config = _read_json(SCHEDULER_CONFIG_FILE)
+    if scheduler is None:
+        import diffusers
+
+        class_name = config.get("_class_name")
+        scheduler = getattr(diffusers, class_name, None) if class_name else None
+        if scheduler is None:
+            raise ValueError(
+                f"{SCHEDULER_CONFIG_FILE}: _class_name {class_name!r} is not a diffusers scheduler; "
+                "pass scheduler=<a scheduler class> explicitly"
+            )
+    if not hasattr(scheduler, "from_config"):
+        raise TypeError(f"scheduler: a scheduler class must provide from_config, got {scheduler!r}")
+    return scheduler.from_config(config)
+
+
+def load_default_pipeline(
+    scheduler: Any = None, device: str | torch.device | None = None, dtype: torch.dtype | None = None
+) -> Any:
+    """The embedded default: a :class:`~fastsample.pipelines.pixel_dit.PixelDiTPipeline` with the shipped DiT.
+
+    Args:
+        scheduler: ``None`` (the shipped scheduler), a scheduler class (built from the shipped config) or an
+            instance.
+        device: where to put the transformer (CPU by default).
+        dtype: transformer dtype (float32 by default).
+    """
+    from fastsample.pipelines.pixel_dit import PixelDiTPipeline
+    from fastsample.zoo.data import CLASS_NAMES
+
+    transformer = load_default_transformer(device=device, dtype=dtype)
+    pipe = PixelDiTPipeline(
+        transformer=transformer, scheduler=load_default_scheduler(scheduler), class_names=list(CLASS_NAMES)
+    )
+    return pipe
+
+
+def images_to_tensor(images: Any) -> torch.Tensor:
+    """Pipeline outputs → float tensor ``[N, 3, H, W]`` in [-1, 1], the input :class:`FeatureNet` expects.
+
+    Accepts what :class:`~fastsample.pipelines.pixel_dit.PixelDiTPipeline` returns, all with values in [0, 1]:
+    a list of PIL images, a NumPy array ``[N, H, W, 3]`` (float in [0, 1] or uint8), or a torch tensor
+    ``[N, 3, H, W]`` (float in [0, 1] or uint8).
+    """
+    if isinstance(images, Sequence) and images and hasattr(images[0], "convert"):
+        array = np.stack([np.asarray(image.convert("RGB")) for image in images])
+        return images_to_tensor(array)
+    if isinstance(images, np.ndarray):
+        if images.ndim != 4 or images.shape[-1] != 3:
+            raise ValueError(f"images: expected a NumPy array [N, H, W, 3], got shape {images.shape}")
+        images = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)
+    if not isinstance(images, torch.Tensor):
+        raise TypeError(
+            f"images: expected PIL images, a NumPy array or a torch tensor, got {type(images).__name__}"
+        )
+    if images.dim() != 4 or images.shape[1] != 3:
+        raise ValueError(f"images: expected a tensor [N, 3, H, W], got shape {tuple(images.shape)}")
+    if images.dtype == torch.uint8:
+        return images.float() / 127.5 - 1.0
+    if not images.dtype.is_floating_point:
+        raise TypeError(f"images: expected float values in [0, 1] or uint8, got dtype {images.dtype}")
+    if images.numel() and (images.min() < 0 or images.max() > 1):
+        raise ValueError(
+            "images: float values must lie in [0, 1] (pipeline output); for images already in [-1, 1] "
+            "call the FeatureNet directly"
+        )
+    return images.float() * 2.0 - 1.0
+
+
+@torch.no_grad()
+def classify(images: Any, feature_net: FeatureNet | None = None, batch_size: int = 512) -> torch.Tensor:
+    """Predicted class ids ``[N]`` (int64, CPU) of pipeline outputs (see :func:`images_to_tensor`)."""
+    net = feature_net if feature_net is not None else load_feature_net()
+    device = next(net.parameters()).device
+    x = images_to_tensor(images)
+    predictions = [net(chunk.to(device)).argmax(dim=1).cpu() for chunk in x.split(batch_size)]
+    return torch.cat(predictions)

@@ -1,0 +1,173 @@
+"""HarmoniCa: router artifact, mismatch refusal, inference schedule, SDT+IEPO training, CLI."""
+
+import argparse
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from fastsample.cache import Router, RouterArtifact, enable_cache, find_units
+from fastsample.cache.router import model_config_hash
+from fastsample.cache.train import RouterTrainingConfig, evaluate_router_loss, train_router
+from fastsample.testing import call_kwargs, tiny_pipeline
+
+TINY = RouterTrainingConfig(
+    num_inference_steps=3, iterations=8, batch_size=2, lr=0.1, beta=1e-4, iepo_every=4
+)
+
+
+def _artifact(pipe, steps=3, guidance_scale=4.0, logits=None):
+    pipe.scheduler.set_timesteps(steps)
+    units = find_units(pipe.transformer)
+    if logits is None:
+        logits = torch.randn(steps, len(units), generator=torch.Generator().manual_seed(0)) * 3
+        logits[0] = 5
+    return RouterArtifact(
+        logits=logits,
+        model_class=type(pipe.transformer).__name__,
+        model_config_hash=model_config_hash(pipe.transformer),
+        unit_names=[u.name for u in units],
+        scheduler_class=type(pipe.scheduler).__name__,
+        timesteps=[float(t) for t in pipe.scheduler.timesteps],
+        guidance_scale=guidance_scale,
+    )
+
+
+def test_artifact_round_trip(tmp_path):
+    pipe = tiny_pipeline("dit")
+    artifact = _artifact(pipe)
+    artifact.save_pretrained(tmp_path)
+    loaded = RouterArtifact.from_pretrained(tmp_path)
+    assert torch.equal(loaded.logits, artifact.logits)
+    assert loaded.metadata() == artifact.metadata()
+    np.testing.assert_array_equal(loaded.mask(), (torch.sigmoid(artifact.logits) > 0.1).numpy())
+    with pytest.raises(FileNotFoundError):
+        RouterArtifact.from_pretrained(tmp_path / "missing")
+
+
+def test_harmonica_policy_runs_its_mask_in_the_pipeline(tmp_path):
+    pipe = tiny_pipeline("dit")
+    logits = torch.tensor([[5.0, 5, 5, 5], [-5, 5, -5, 5], [5, -5, -5, 5]])
+    _artifact(pipe, logits=logits).save_pretrained(tmp_path)
+    handle = enable_cache(pipe, "harmonica", router=str(tmp_path))
+    pipe(**call_kwargs("dit", num_inference_steps=3))
+    expected = (torch.sigmoid(logits) > 0.1).numpy()
+    np.testing.assert_array_equal(handle.stats().computed["default"], expected)
+    handle.disable()
+
+
+def test_router_mismatch_is_refused(tmp_path):
+    pipe = tiny_pipeline("dit")
+    artifact = _artifact(pipe)
+    # another model config
+    other = type(pipe.transformer).from_config({**pipe.transformer.config, "num_layers": 3})
+    with pytest.raises(ValueError, match="config hash"):
+        enable_cache(other, "harmonica", router=artifact)
+    # another number of steps / timesteps
+    handle = enable_cache(pipe, "harmonica", router=artifact)
+    with pytest.raises(ValueError, match="timesteps"):
+        pipe(**call_kwargs("dit", num_inference_steps=4))
+    handle.disable()
+    # another scheduler
+    from diffusers import DPMSolverMultistepScheduler
+
+    pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)
+    handle = enable_cache(pipe, "harmonica", router=artifact)
+    with pytest.raises(ValueError, match="scheduler DPMSolverMultistepScheduler"):
+        pipe(**call_kwargs("dit", num_inference_steps=3))
+    handle.disable()
+    # another guidance scale
+    with pytest.raises(ValueError, match="guidance_scale"):
+        enable_cache(pipe, "harmonica", router=artifact, guidance_scale=1.5)
+    # bare model: the first timestep is checked
+    handle = enable_cache(pipe.transformer, "harmonica", router=artifact)
+    x = torch.randn(2, 4, 8, 8)
+    with pytest.raises(ValueError, match="first timestep"):
+        pipe.transformer(x, timestep=torch.tensor([1, 1]), class_labels=torch.tensor([1, 1000]))
+    handle.disable()
+    # a damaged config file
+    artifact.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "router_config.json").read_text())
+    config["format"] = "something-else"
+    (tmp_path / "router_config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="not a fastsample HarmoniCa router"):
+        RouterArtifact.from_pretrained(tmp_path)
+
+
+def test_router_training_lowers_its_loss_and_leaves_the_model_unchanged():
+    pipe = tiny_pipeline("dit")
+    state = {k: v.clone() for k, v in pipe.transformer.state_dict().items()}
+    start = Router(TINY.num_inference_steps, 4, generator=torch.Generator().manual_seed(TINY.seed))
+    before = evaluate_router_loss(pipe, start, TINY)
+    artifact, history = train_router(pipe, TINY, progress=False)
+    assert len(history) == TINY.iterations
+    trained = Router(TINY.num_inference_steps, 4)
+    trained.theta.data = artifact.logits[1:].clone()
+    after = evaluate_router_loss(pipe, trained, TINY)
+    assert after < before
+    assert (artifact.logits[0] == 5).all() and artifact.logits.abs().max() <= 5
+    pipe.scheduler.set_timesteps(TINY.num_inference_steps)
+    assert artifact.timesteps == [float(t) for t in pipe.scheduler.timesteps]
+    assert artifact.training["num_processes"] == 1
+    assert all(torch.equal(v, state[k]) for k, v in pipe.transformer.state_dict().items())
+    assert "_diffusers_hook" not in pipe.transformer.__dict__
+    assert all(p.requires_grad for p in pipe.transformer.parameters())  # restored after freezing
+
+
+def test_training_config_is_validated():
+    pipe = tiny_pipeline("dit")
+    for bad in ({"num_inference_steps": 1}, {"threshold": 1.5}, {"iterations": 0}, {"lr": 0.0}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            train_router(pipe, RouterTrainingConfig(**bad), progress=False)
+    with pytest.raises(ValueError, match="class-conditional"):
+        train_router(tiny_pipeline("pixart"), TINY, progress=False)
+
+
+def test_train_router_cli(tmp_path, capsys):
+    from fastsample.cache.commands import register
+
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    args = parser.parse_args(
+        [
+            "train-router",
+            "fixture:dit",
+            "-o",
+            str(tmp_path),
+            "--steps",
+            "3",
+            "--iterations",
+            "2",
+            "--batch-size",
+            "1",
+            "--scheduler",
+            "ddim",
+            "--quiet",
+        ]
+    )
+    assert args.func(args) == 0
+    loaded = RouterArtifact.from_pretrained(tmp_path)
+    assert loaded.scheduler_class == "DDIMScheduler" and loaded.num_steps == 3
+    assert "router saved" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        parser.parse_args(["train-router", "fixture:dit"])  # --output is required
+
+
+def test_router_trains_on_fastsample_pixel_dit_pipeline():
+    from diffusers import DDIMScheduler
+
+    from fastsample.pipelines.pixel_dit import PixelDiTPipeline
+    from fastsample.testing import tiny_dit_transformer
+
+    transformer = tiny_dit_transformer()
+    transformer = type(transformer).from_config({**transformer.config, "in_channels": 3, "out_channels": 6})
+    pipe = PixelDiTPipeline(transformer=transformer.eval(), scheduler=DDIMScheduler())
+    pipe.set_progress_bar_config(disable=True)
+    config = RouterTrainingConfig(num_inference_steps=3, iterations=2, batch_size=1, guidance_scale=2.0)
+    artifact, history = train_router(pipe, config, progress=False)
+    assert len(history) == 2 and artifact.scheduler_class == "DDIMScheduler"
+    handle = enable_cache(pipe, "harmonica", router=artifact)
+    pipe(class_labels=[1], guidance_scale=2.0, num_inference_steps=3, output_type="np")
+    np.testing.assert_array_equal(handle.stats().computed["default"], artifact.mask())
+    handle.disable()
