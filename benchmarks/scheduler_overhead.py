@@ -29,8 +29,15 @@ from fastsample.solvers import (
     PNDMFamilyScheduler,
 )
 
-SD15 = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-            steps_offset=1, set_alpha_to_one=False, skip_prk_steps=True)
+SD15 = dict(
+    num_train_timesteps=1000,
+    beta_start=0.00085,
+    beta_end=0.012,
+    beta_schedule="scaled_linear",
+    steps_offset=1,
+    set_alpha_to_one=False,
+    skip_prk_steps=True,
+)
 
 
 def schedulers() -> dict:
@@ -75,8 +82,9 @@ def measure(steps: int, rounds: int, device: str) -> list[tuple[str, float, floa
         calls[name] = run_loop(sched, steps, sample, model_output)  # warm-up and call count
         timers[name] = benchmark.Timer(
             stmt="run_loop(sched, steps, sample, model_output)",
-            globals=dict(run_loop=run_loop, sched=sched, steps=steps, sample=sample,
-                         model_output=model_output),
+            globals=dict(
+                run_loop=run_loop, sched=sched, steps=steps, sample=sample, model_output=model_output
+            ),
             num_threads=torch.get_num_threads(),
         )
     baseline = next(iter(scheds))

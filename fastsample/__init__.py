@@ -1,4 +1,4 @@
-"""fastsample: faster and better sampling for HuggingFace diffusers pipelines, and the measurements to prove it.
+"""fastsample: faster and better sampling for HuggingFace diffusers pipelines, and the proof.
 
 Capabilities live in one subpackage each (``solvers``, ``guidance``, ``cache``, ``kernels``, ``training``,
 ``eval``, ``pipelines``, ``zoo``). Their main public names are re-exported here and imported lazily on

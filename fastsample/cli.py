@@ -22,6 +22,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "fastsample.guidance.commands",
     "fastsample.cache.commands",
     "fastsample.eval.commands",
+    "fastsample.eval.bench",
 )
 
 

@@ -36,7 +36,10 @@ def benchmark_entries() -> list:
 
     def _dpm_flow(config):  # diffusers' DPM flow mode spells FlowMatch's `shift` as `flow_shift`
         return MomentumDPMSolverMultistepScheduler.from_config(
-            config, momentum=0.8, use_flow_sigmas=True, prediction_type="flow_prediction",
+            config,
+            momentum=0.8,
+            use_flow_sigmas=True,
+            prediction_type="flow_prediction",
             flow_shift=float(dict(config).get("shift", 1.0)),
         )
 
@@ -49,8 +52,10 @@ def benchmark_entries() -> list:
         ("DPM++2M + HB 0.8", factory(MomentumDPMSolverMultistepScheduler, momentum=0.8)),
         ("GHVB 1.8 Karras", vp_factory(GHVBScheduler, ghvb_order=1.8, use_karras_sigmas=True)),
         ("GHVB 2 Karras", vp_factory(GHVBScheduler, ghvb_order=2, use_karras_sigmas=True)),
-        ("DPM++2M + HB 0.8 Karras", factory(MomentumDPMSolverMultistepScheduler, momentum=0.8,
-                                              use_karras_sigmas=True)),
+        (
+            "DPM++2M + HB 0.8 Karras",
+            factory(MomentumDPMSolverMultistepScheduler, momentum=0.8, use_karras_sigmas=True),
+        ),
     ]
     flow = [
         ("GHVB 1.5 (flow)", factory(GHVBScheduler, ghvb_order=1.5)),

@@ -151,7 +151,11 @@ class MultistepCore(SchedulerMixin, ConfigMixin):
             raise ValueError("`use_flow_sigmas=True` needs `prediction_type='flow_prediction'`")
         if not self.is_flow:
             self.betas = grids.make_betas(
-                cfg.num_train_timesteps, cfg.beta_start, cfg.beta_end, cfg.beta_schedule, cfg.trained_betas,
+                cfg.num_train_timesteps,
+                cfg.beta_start,
+                cfg.beta_end,
+                cfg.beta_schedule,
+                cfg.trained_betas,
                 cfg.rescale_betas_zero_snr,
             )
             if len(self.betas) != cfg.num_train_timesteps:
@@ -284,7 +288,8 @@ class MultistepCore(SchedulerMixin, ConfigMixin):
         n = self._check_grid_args(num_inference_steps, timesteps, sigmas)
         if self.is_flow:
             labels, s = grids.flow_levels(
-                self.config, n,
+                self.config,
+                n,
                 None if sigmas is None else np.asarray(sigmas, dtype=np.float64),
                 None if timesteps is None else np.asarray(timesteps, dtype=np.float64),
                 mu,
@@ -322,8 +327,13 @@ class MultistepCore(SchedulerMixin, ConfigMixin):
         cfg = self.config
         ac = self.alphas_cumprod.double().numpy()
         T = cfg.num_train_timesteps
-        kinds = [k for k, on in zip(grids.SIGMA_GRIDS, (cfg.use_karras_sigmas, cfg.use_exponential_sigmas,
-                                                          cfg.use_beta_sigmas)) if on]
+        kinds = [
+            k
+            for k, on in zip(
+                grids.SIGMA_GRIDS, (cfg.use_karras_sigmas, cfg.use_exponential_sigmas, cfg.use_beta_sigmas)
+            )
+            if on
+        ]
         if timesteps is not None:
             labels = np.asarray(timesteps, dtype=np.float64)
             if labels.min() < 0 or labels.max() > T - 1:
@@ -390,8 +400,9 @@ class MultistepCore(SchedulerMixin, ConfigMixin):
         if tableau is not None and "mid" in tableau.nodes:
             for i in range(n_warm):
                 j_label = labels[i + 1] if i + 1 < n else None
-                lab, a, s = self._midpoint(labels[i], j_label, alpha[i], sigma[i], alpha[i + 1], sigma[i + 1],
-                                           integer_labels)
+                lab, a, s = self._midpoint(
+                    labels[i], j_label, alpha[i], sigma[i], alpha[i + 1], sigma[i + 1], integer_labels
+                )
                 mids[i] = len(pa)
                 pa.append(a), ps.append(s), plabel.append(lab)
         end = len(pa)

@@ -161,8 +161,9 @@ def flow_levels(
     if config.shift_terminal:
         one_minus = 1.0 - s
         s = 1.0 - one_minus / (one_minus[-1] / (1.0 - config.shift_terminal))
-    for kind, on in zip(SIGMA_GRIDS, (config.use_karras_sigmas, config.use_exponential_sigmas,
-                                      config.use_beta_sigmas)):
+    for kind, on in zip(
+        SIGMA_GRIDS, (config.use_karras_sigmas, config.use_exponential_sigmas, config.use_beta_sigmas)
+    ):
         if on:
             s = sigma_grid(kind, len(s), float(s[-1]), float(s[0]))
     s = s.astype(np.float32).astype(np.float64)

@@ -202,4 +202,3 @@ class DiffusionObjective:
             f"{type(self).__name__}(prediction_type={self.prediction_type!r}, weighting={self.weighting!r}, "
             f"gamma={self.gamma}, sampler={self.sampler!r}{mix})"
         )
-

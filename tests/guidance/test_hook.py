@@ -71,8 +71,12 @@ def test_plain_cfg_reproduces_the_pipeline_and_layout_is_right(name):
 def test_keep_cond_write_back_and_batches():
     """A2 write-back, batch 2 with num_images_per_prompt 2 and a negative prompt, on SD."""
     pipe, name = _pipe("sd"), "sd"
-    kw = {"prompt": ["a cat", "a dog"], "negative_prompt": ["blurry", "ugly"], "num_images_per_prompt": 2,
-          "num_inference_steps": 1}
+    kw = {
+        "prompt": ["a cat", "a dog"],
+        "negative_prompt": ["blurry", "ugly"],
+        "num_images_per_prompt": 2,
+        "num_inference_steps": 1,
+    }
     ref = _run(pipe, name, **kw)
     with guide(pipe, CFG(), write_back="keep_cond"):
         out = _run(pipe, name, **kw)

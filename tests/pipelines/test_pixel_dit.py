@@ -28,7 +28,6 @@ NUM_CLASSES = 5
 SIZE = 8
 
 
-
 def tiny_transformer(
     out_channels: int = 3, num_classes: int = NUM_CLASSES, seed: int = 0
 ) -> DiTTransformer2DModel:

@@ -61,8 +61,10 @@ def test_save_pretrained_round_trip(name, tmp_path):
     a.pop("_use_default_values", None), b.pop("_use_default_values", None)
     assert a == b
     model = vp_pseudo_model(s.alphas_cumprod)
-    assert torch.equal(sample_loop(s, model, X0, num_inference_steps=6),
-                       sample_loop(loaded, model, X0, num_inference_steps=6))
+    assert torch.equal(
+        sample_loop(s, model, X0, num_inference_steps=6),
+        sample_loop(loaded, model, X0, num_inference_steps=6),
+    )
 
 
 def test_dpm_momentum_save_pretrained_round_trip(tmp_path):
@@ -71,8 +73,10 @@ def test_dpm_momentum_save_pretrained_round_trip(tmp_path):
     loaded = MomentumDPMSolverMultistepScheduler.from_pretrained(tmp_path)
     assert loaded.config.momentum == 0.7 and loaded.config.use_karras_sigmas
     model = vp_pseudo_model(s.alphas_cumprod)
-    assert torch.equal(sample_loop(s, model, X0, num_inference_steps=6),
-                       sample_loop(loaded, model, X0, num_inference_steps=6))
+    assert torch.equal(
+        sample_loop(s, model, X0, num_inference_steps=6),
+        sample_loop(loaded, model, X0, num_inference_steps=6),
+    )
 
 
 def test_trained_betas_survive_round_trip(tmp_path):
@@ -127,11 +131,14 @@ def test_compatibles_both_ways_round_trip_our_keys():
             assert back.config[k] == ours.config[k] or (k == "prediction_type" and back.is_flow), (other, k)
 
 
-@pytest.mark.parametrize("flow_cfg", [
-    dict(shift=3.0),  # SD3
-    dict(shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15),  # Flux
-    dict(),  # every key at its default: detected from the class name
-])
+@pytest.mark.parametrize(
+    "flow_cfg",
+    [
+        dict(shift=3.0),  # SD3
+        dict(shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15),  # Flux
+        dict(),  # every key at its default: detected from the class name
+    ],
+)
 def test_flow_match_configs_switch_to_the_flow_family(flow_cfg):
     fm = FlowMatchEulerDiscreteScheduler(**flow_cfg)
     for name, (cls, kw) in OURS.items():
@@ -335,8 +342,13 @@ def test_zero_terminal_snr_runs_finite(name):
 
 
 def test_zero_terminal_snr_q_one_matches_ddim():
-    cfg = dict(SD15, rescale_betas_zero_snr=True, timestep_spacing="trailing", prediction_type="v_prediction",
-               steps_offset=0)
+    cfg = dict(
+        SD15,
+        rescale_betas_zero_snr=True,
+        timestep_spacing="trailing",
+        prediction_type="v_prediction",
+        steps_offset=0,
+    )
     ddim = DDIMScheduler(**cfg)
     ours = GHVBScheduler.from_config(ddim.config, ghvb_order=1)
     model = vp_pseudo_model(ddim.alphas_cumprod)  # any output works as a v here: both convert the same way

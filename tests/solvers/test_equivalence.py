@@ -229,11 +229,14 @@ def test_ghvb_coefficients_interpolate_between_ab_orders(k):
     assert abs(u - ab) < 1e-3
 
 
-@pytest.mark.parametrize("config", [
-    dict(),
-    dict(use_karras_sigmas=True),
-    dict(prediction_type="v_prediction", timestep_spacing="trailing"),
-])
+@pytest.mark.parametrize(
+    "config",
+    [
+        dict(),
+        dict(use_karras_sigmas=True),
+        dict(prediction_type="v_prediction", timestep_spacing="trailing"),
+    ],
+)
 def test_dpm_momentum_beta_one_is_diffusers_dpm_step_for_step(config):
     ref = DPMSolverMultistepScheduler(**config)
     ours = MomentumDPMSolverMultistepScheduler.from_config(ref.config, momentum=1.0)

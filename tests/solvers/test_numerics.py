@@ -73,8 +73,9 @@ def smooth_problem():
 @pytest.fixture(scope="module")
 def smooth_reference(smooth_problem):
     """x̄ at σ̄ = 0 from x̄ = noise·√10 at σ̄ = 3 (DOP853, rtol = atol = 1e-10), class-conditional (w = 1)."""
-    return reference_solution(smooth_problem, family="vp", start_level=3.0, end_level=0.0,
-                              start_scale=math.sqrt(10.0))
+    return reference_solution(
+        smooth_problem, family="vp", start_level=3.0, end_level=0.0, start_scale=math.sqrt(10.0)
+    )
 
 
 def _median_error(scheduler, problem, reference, n):
@@ -90,13 +91,16 @@ def _median_error(scheduler, problem, reference, n):
     return float(err.median())
 
 
-@pytest.mark.parametrize("name,cls,kwargs,low,high", [
-    ("DDIM", GHVBScheduler, dict(ghvb_order=1), 0.85, 1.2),
-    ("PLMS4 + HB 0.8", HeavyBallScheduler, dict(plms_order=4, momentum=0.8), 0.8, 1.3),
-    ("PLMS4 + HB 0.5", HeavyBallScheduler, dict(plms_order=4, momentum=0.5), 0.8, 1.3),
-    ("AB2", GHVBScheduler, dict(ghvb_order=2), 1.75, 2.3),
-    ("GHVB 1.5", GHVBScheduler, dict(ghvb_order=1.5), 1.75, 2.3),
-])
+@pytest.mark.parametrize(
+    "name,cls,kwargs,low,high",
+    [
+        ("DDIM", GHVBScheduler, dict(ghvb_order=1), 0.85, 1.2),
+        ("PLMS4 + HB 0.8", HeavyBallScheduler, dict(plms_order=4, momentum=0.8), 0.8, 1.3),
+        ("PLMS4 + HB 0.5", HeavyBallScheduler, dict(plms_order=4, momentum=0.5), 0.8, 1.3),
+        ("AB2", GHVBScheduler, dict(ghvb_order=2), 1.75, 2.3),
+        ("GHVB 1.5", GHVBScheduler, dict(ghvb_order=1.5), 1.75, 2.3),
+    ],
+)
 def test_empirical_order_on_the_oracle(name, cls, kwargs, low, high, smooth_problem, smooth_reference):
     """q_est = log2(e_N / e_2N) at N = 40 → 80 on a uniform σ̄ grid (solvers.md §2.6): HB is first order,
     GHVB 1.5 and AB2 second order."""
@@ -121,14 +125,27 @@ def test_high_q_is_at_least_second_order(smooth_problem, smooth_reference):
 def test_default_ghvb_does_not_blow_up_at_w15_nfe8():
     """SD1.5 config, hard mixture, CFG w = 15, 8 model calls: the default GHVB (q = 2.5) has 0 % blow-ups,
     while plain PLMS4 on the same grid diverges (the oracle driver and its DOP853 reference)."""
-    sd = PNDMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", skip_prk_steps=True,
-                       steps_offset=1, set_alpha_to_one=False).config
+    sd = PNDMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        skip_prk_steps=True,
+        steps_offset=1,
+        set_alpha_to_one=False,
+    ).config
     mixture = GaussianMixture.random(dim=8, num_components=5, std="hard", seed=0)
     problem = OracleProblem.create(mixture, num_samples=100, seed=0)
     cache = ReferenceCache(problem)
-    default = evaluate(GHVBScheduler.from_config(sd), problem, family="vp", nfe=8, guidance_scale=15.0,
-                       cache=cache)
-    plms4 = evaluate(GHVBScheduler.from_config(sd, ghvb_order=4), problem, family="vp", nfe=8,
-                     guidance_scale=15.0, cache=cache)
+    default = evaluate(
+        GHVBScheduler.from_config(sd), problem, family="vp", nfe=8, guidance_scale=15.0, cache=cache
+    )
+    plms4 = evaluate(
+        GHVBScheduler.from_config(sd, ghvb_order=4),
+        problem,
+        family="vp",
+        nfe=8,
+        guidance_scale=15.0,
+        cache=cache,
+    )
     assert default.blowup_rate == 0.0 and default.median_error < 0.3
     assert plms4.blowup_rate > 0.5

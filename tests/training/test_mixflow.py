@@ -58,8 +58,9 @@ def test_vp_variant_is_experimental_and_in_range(caplog):
     abar = scheduler.alphas_cumprod.double()
     t = batch.timesteps
     # Recover ᾱ of the input level from x_in = √ᾱ' x0 + √(1 − ᾱ') ε, and find t' in the table.
-    a_seen = ((batch.model_input[:, 0] * batch.noise[:, 1] - batch.model_input[:, 1] * batch.noise[:, 0])
-              / (x0[:, 0] * batch.noise[:, 1] - x0[:, 1] * batch.noise[:, 0]))
+    a_seen = (batch.model_input[:, 0] * batch.noise[:, 1] - batch.model_input[:, 1] * batch.noise[:, 0]) / (
+        x0[:, 0] * batch.noise[:, 1] - x0[:, 1] * batch.noise[:, 0]
+    )
     t_seen = (abar.sqrt()[None, :] - a_seen[:, None]).abs().argmin(1)
     assert (t_seen >= t).all()
     assert (t_seen <= t + torch.floor(0.5 * (999 - t))).all()

@@ -30,7 +30,6 @@ needs_dit = pytest.mark.skipif(
 )
 
 
-
 def write_tiny_default(folder: Path, dtype: torch.dtype = torch.float16) -> DiTTransformer2DModel:
     """A tiny DiT and scheduler in the shipped layout (dit.safetensors, dit_config.json, scheduler json)."""
     torch.manual_seed(0)

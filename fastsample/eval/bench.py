@@ -1,0 +1,661 @@
+"""``fastsample bench``: diffusers' samplers against fastsample's recipes on one class-conditional pipeline.
+
+Every configuration (a *recipe*: scheduler, steps, guidance method, cache) samples the same balanced class
+labels from the same initial noise. Batches are run interleaved (batch 0 of every recipe, then batch 1 …), so
+that load drift on a shared machine hits every recipe alike. Per recipe the report gives
+
+* ``latency_s``: median wall-clock seconds of one full ``pipe(...)`` call on a batch (one untimed warm-up
+  call first; CUDA is synchronised around each call), and ``latency_ratio`` = latency / baseline latency
+  (the baseline is diffusers' DPM-Solver++ 2M, 50 steps, full CFG, measured in the same run);
+* ``nfe``: denoiser *samples evaluated* per generated image (a batched CFG step counts 2, a step where
+  Adaptive Guidance runs the conditional half only counts 1), and ``denoiser_calls`` per pipeline call;
+* ``fd``: in-domain Fréchet distance ‖μ₁−μ₂‖² + Tr(Σ₁+Σ₂−2(Σ₁Σ₂)^½) between feature-net features of the
+  generated images and of real procedural images (:mod:`fastsample.zoo.data`);
+* ``class_accuracy``: feature-net classification of the generated images against the requested labels;
+* ``saturation``: mean HSV saturation (max − min)/max of the generated pixels (the real data's is given for
+  reference): strong guidance over-saturates.
+
+The folder it writes: ``report.md``, ``results.json``, ``report_pareto.png`` (FD against latency with the
+Pareto front) and ``grids/<recipe>.png`` (one row per class).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import hashlib
+import importlib.resources
+import importlib.util
+import json
+import logging
+import math
+import os
+import platform
+import shlex
+import statistics
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "BASELINE",
+    "DEFAULT_RECIPES",
+    "QUICK_RECIPES",
+    "RECIPES",
+    "BenchSettings",
+    "Recipe",
+    "register",
+    "run_bench",
+]
+
+SCHEDULERS = ("dpm++2m", "ddim", "pndm", "euler", "ghvb", "hb")
+GUIDANCE = ("cfg", "ag", "apg")
+CACHES = (None, "fora")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """One row of the benchmark: ``scheduler`` (a key of :data:`SCHEDULERS`) for ``steps`` steps, guidance
+    ``"cfg"`` (the pipeline's own classifier-free guidance), ``"ag"`` (Adaptive Guidance) or ``"apg"``, and an
+    optional feature cache (``"fora"``, interval 2)."""
+
+    name: str
+    scheduler: str
+    steps: int
+    guidance: str = "cfg"
+    cache: str | None = None
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        if self.scheduler not in SCHEDULERS:
+            raise ValueError(f"scheduler must be one of {SCHEDULERS}, got {self.scheduler!r}")
+        if self.guidance not in GUIDANCE:
+            raise ValueError(f"guidance must be one of {GUIDANCE}, got {self.guidance!r}")
+        if self.cache not in CACHES:
+            raise ValueError(f"cache must be one of {CACHES}, got {self.cache!r}")
+        if not isinstance(self.steps, int) or self.steps < 1:
+            raise ValueError(f"steps must be an int >= 1, got {self.steps!r}")
+
+
+BASELINE = "baseline"
+_FEW = 10  # steps of the few-NFE rows
+DEFAULT_RECIPES: tuple[Recipe, ...] = (
+    Recipe(BASELINE, "dpm++2m", 50, description="diffusers DPM-Solver++ 2M, 50 steps, full CFG"),
+    Recipe("dpm++2m-10", "dpm++2m", _FEW, description="diffusers DPM-Solver++ 2M"),
+    Recipe("ddim-10", "ddim", _FEW, description="diffusers DDIM"),
+    Recipe("plms-10", "pndm", _FEW, description="diffusers PNDM (PLMS, skip_prk_steps)"),
+    Recipe("euler-10", "euler", _FEW, description="diffusers Euler"),
+    Recipe("ghvb-10", "ghvb", _FEW, description="fastsample GHVB 1.8 Karras"),
+    Recipe("hb-10", "hb", _FEW, description="fastsample PLMS4 + heavy ball 0.8"),
+    Recipe("ghvb-10-ag", "ghvb", _FEW, "ag", description="GHVB + Adaptive Guidance"),
+    Recipe("ghvb-10-apg", "ghvb", _FEW, "apg", description="GHVB + APG"),
+    Recipe("ghvb-10-fora", "ghvb", _FEW, cache="fora", description="GHVB + FORA cache (interval 2)"),
+    Recipe("composed", "ghvb", _FEW, "ag", "fora", description="GHVB + Adaptive Guidance + FORA"),
+)
+QUICK_RECIPES: tuple[Recipe, ...] = (
+    Recipe("quick-baseline", "dpm++2m", 4, description="diffusers DPM-Solver++ 2M, 4 steps, full CFG"),
+    Recipe("quick-ddim", "ddim", 2, description="diffusers DDIM"),
+    Recipe("quick-ghvb-ag", "ghvb", 2, "ag", description="GHVB + Adaptive Guidance"),
+)
+RECIPES: dict[str, Recipe] = {recipe.name: recipe for recipe in DEFAULT_RECIPES + QUICK_RECIPES}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Applying a recipe to a pipeline
+# ---------------------------------------------------------------------------------------------------------
+def build_scheduler(name: str, config: Any) -> Any:
+    """The scheduler ``name`` built with ``from_config`` from the pipeline's own (training) schedule."""
+    import diffusers
+
+    from fastsample.solvers import GHVBScheduler, HeavyBallScheduler
+
+    factories: dict[str, Callable[[], Any]] = {
+        "dpm++2m": lambda: diffusers.DPMSolverMultistepScheduler.from_config(
+            config, algorithm_type="dpmsolver++", solver_order=2
+        ),
+        "ddim": lambda: diffusers.DDIMScheduler.from_config(config),
+        "pndm": lambda: diffusers.PNDMScheduler.from_config(config, skip_prk_steps=True),
+        "euler": lambda: diffusers.EulerDiscreteScheduler.from_config(config),
+        # the solver table's best VP rows (fastsample.solvers.benchmark_entries)
+        "ghvb": lambda: GHVBScheduler.from_config(
+            config, ghvb_order=1.8, use_karras_sigmas=True, final_sigmas_type="zero"
+        ),
+        "hb": lambda: HeavyBallScheduler.from_config(
+            config, plms_order=4, momentum=0.8, final_sigmas_type="zero"
+        ),
+    }
+    if name not in factories:
+        raise ValueError(f"scheduler must be one of {SCHEDULERS}, got {name!r}")
+    return factories[name]()
+
+
+def _guidance_method(name: str) -> Any:
+    from fastsample.guidance import APG, AdaptiveGuidance
+
+    return {"ag": AdaptiveGuidance, "apg": APG}[name]()
+
+
+@contextlib.contextmanager
+def applied(recipe: Recipe, pipe: Any, base_config: Any) -> Iterator[Any]:
+    """Swap in the recipe's scheduler, guidance hook and cache for the block; restore the pipeline after.
+
+    Yields the guidance handle (``None`` for plain CFG), whose ``last_stats`` count the model samples.
+    """
+    from fastsample.cache import enable_cache
+    from fastsample.guidance import enable_guidance
+
+    original_scheduler = pipe.scheduler
+    guidance = cache = None
+    try:
+        pipe.scheduler = build_scheduler(recipe.scheduler, base_config)
+        if recipe.guidance != "cfg":
+            guidance = enable_guidance(pipe, _guidance_method(recipe.guidance))
+        if recipe.cache is not None:
+            cache = enable_cache(pipe, recipe.cache, interval=2, profile_macs=False)
+        yield guidance, cache
+    finally:
+        if cache is not None:
+            cache.disable()
+        if guidance is not None:
+            guidance.disable()
+        pipe.scheduler = original_scheduler
+
+
+class _SampleCounter:
+    """Forward pre-hook on the denoiser: calls and input samples of each pipeline call."""
+
+    def __init__(self, module: torch.nn.Module) -> None:
+        self.calls = 0
+        self.samples = 0
+        self._handle = module.register_forward_pre_hook(self._hook, with_kwargs=True)
+
+    def _hook(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+        hidden = args[0] if args else kwargs["hidden_states"]
+        self.calls += 1
+        self.samples += int(hidden.shape[0])
+
+    def remove(self) -> None:
+        self._handle.remove()
+
+
+def _timed_call(pipe: Any, device: torch.device, **kwargs: Any) -> tuple[torch.Tensor, float]:
+    """``pipe(**kwargs)`` with a wall clock around it (CUDA synchronised before and after)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    images = pipe(**kwargs).images
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return images, time.perf_counter() - start
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Metrics
+# ---------------------------------------------------------------------------------------------------------
+def mean_saturation(images: torch.Tensor) -> float:
+    """Mean HSV saturation (max − min)/max over pixels of ``[N, 3, H, W]`` images in [0, 1] (0 if max=0)."""
+    high = images.amax(dim=1)
+    low = images.amin(dim=1)
+    saturation = torch.where(high > 0, (high - low) / high.clamp_min(1e-12), torch.zeros_like(high))
+    return float(saturation.double().mean())
+
+
+def _statistics(extractor: Any, images: torch.Tensor, batch_size: int = 500) -> Any:
+    from fastsample.eval.stats import FeatureStatistics
+
+    accumulator = FeatureStatistics(extractor.feature_dim)
+    for chunk in images.split(batch_size):
+        accumulator.update(extractor(chunk).cpu())
+    return accumulator.result()
+
+
+def image_grid_by_class(images: torch.Tensor, labels: torch.Tensor, max_columns: int = 8) -> torch.Tensor:
+    """Reorder images so that a grid with :func:`grid_columns` columns has one row per class."""
+    classes = sorted(set(labels.tolist()))
+    columns = grid_columns(labels, max_columns)
+    rows = [images[labels == c][:columns] for c in classes]
+    return torch.cat(rows)
+
+
+def grid_columns(labels: torch.Tensor, max_columns: int = 8) -> int:
+    counts = torch.bincount(labels)
+    return int(min(max_columns, int(counts[counts > 0].min())))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The run
+# ---------------------------------------------------------------------------------------------------------
+@dataclass
+class BenchSettings:
+    """What one ``fastsample bench`` run does (see ``fastsample bench --help``)."""
+
+    out: Path
+    recipes: tuple[Recipe, ...]
+    samples: int
+    batch_size: int
+    reference_samples: int
+    guidance_scale: float
+    seed: int
+    device: str
+    dtype: str
+    pipeline: Path | None
+    fd_tolerance: float
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["out"], out["pipeline"] = str(self.out), None if self.pipeline is None else str(self.pipeline)
+        out["recipes"] = [recipe.name for recipe in self.recipes]
+        return out
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _describe_files(paths: Sequence[Path]) -> str:
+    parts = []
+    for path in paths:
+        modified = datetime.datetime.fromtimestamp(path.stat().st_mtime, datetime.UTC)
+        parts.append(f"{path.name} sha256 {_file_sha256(path)[:16]} (modified {modified:%Y-%m-%d %H:%M} UTC)")
+    return "; ".join(parts) or "no weights files found"
+
+
+def load_pipeline(settings: BenchSettings) -> tuple[Any, str]:
+    """The pipeline to benchmark and a description of the weights it runs (file hashes and dates)."""
+    dtype = getattr(torch, settings.dtype)
+    if settings.pipeline is None:
+        from fastsample.zoo.default import DIT_WEIGHTS_FILE, load_default_pipeline
+
+        resource = importlib.resources.files("fastsample.zoo").joinpath("weights", DIT_WEIGHTS_FILE)
+        with importlib.resources.as_file(resource) as path:
+            described = "embedded default DiT: " + _describe_files([Path(path)])
+        pipe = load_default_pipeline(device=settings.device, dtype=dtype)
+    else:
+        from fastsample.pipelines.pixel_dit import PixelDiTPipeline
+
+        pipe = PixelDiTPipeline.from_pretrained(settings.pipeline, torch_dtype=dtype).to(settings.device)
+        files = sorted(settings.pipeline.glob("transformer/*.safetensors")) or sorted(
+            settings.pipeline.glob("transformer/*.bin")
+        )
+        described = f"PixelDiTPipeline from {settings.pipeline}: " + _describe_files(files)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe, described
+
+
+def _balanced_labels(samples: int, num_classes: int) -> torch.Tensor:
+    return torch.arange(samples) % num_classes
+
+
+def run_bench(settings: BenchSettings, command: str = "") -> dict[str, Any]:
+    """Run every recipe of ``settings``, write the report folder and return the results dict."""
+    from tqdm.auto import tqdm
+
+    from fastsample.eval.extractors import InDomainExtractor
+    from fastsample.eval.frechet import frechet_distance
+    from fastsample.zoo.data import generate_batch
+    from fastsample.zoo.default import classify, load_feature_net
+
+    if importlib.util.find_spec("matplotlib") is None:  # fail before sampling, not after
+        raise ImportError(
+            "fastsample bench writes a plot with matplotlib: install the `bench` extra "
+            "(pip install 'fastsample[bench]')."
+        )
+    wall_start = time.perf_counter()
+    baseline = settings.recipes[0].name  # ratios are taken against the first recipe
+    device = torch.device(settings.device)
+    pipe, weights = load_pipeline(settings)
+    base_config = pipe.scheduler.config
+    size = pipe.transformer.config.sample_size
+    channels = pipe.transformer.config.in_channels
+    labels = _balanced_labels(settings.samples, pipe.num_classes)
+    noise = torch.randn(
+        settings.samples, channels, size, size, generator=torch.Generator().manual_seed(settings.seed)
+    )
+    batches = list(zip(labels.split(settings.batch_size), noise.split(settings.batch_size)))
+
+    feature_net = load_feature_net(device=device)
+    extractor = InDomainExtractor(feature_net, device=device)
+    logger.info("reference statistics of %d real procedural images", settings.reference_samples)
+    real, _ = generate_batch(settings.reference_samples, seed=settings.seed + 1)
+    real = (real + 1) / 2
+    reference = _statistics(extractor, real)
+    real_check, _ = generate_batch(settings.samples, seed=settings.seed + 2)
+    real_check = (real_check + 1) / 2
+    check = _statistics(extractor, real_check)
+    fd_floor = frechet_distance(check.mu, check.sigma, reference.mu, reference.sigma)
+
+    images: dict[str, list[torch.Tensor]] = {r.name: [] for r in settings.recipes}
+    times: dict[str, list[float]] = {r.name: [] for r in settings.recipes}
+    calls: dict[str, int] = dict.fromkeys(images, 0)
+    samples_evaluated: dict[str, int] = dict.fromkeys(images, 0)
+    cache_hits: dict[str, list[float]] = {r.name: [] for r in settings.recipes}
+
+    def sample(recipe: Recipe, batch_labels: torch.Tensor, batch_noise: torch.Tensor) -> tuple[Any, ...]:
+        with applied(recipe, pipe, base_config) as (guidance, cache):
+            counter = _SampleCounter(pipe.transformer)
+            try:
+                out, seconds = _timed_call(
+                    pipe,
+                    device,
+                    class_labels=batch_labels,
+                    guidance_scale=settings.guidance_scale,
+                    num_inference_steps=recipe.steps,
+                    latents=batch_noise,
+                    generator=torch.Generator(device).manual_seed(settings.seed),
+                    output_type="pt",
+                )
+            finally:
+                counter.remove()
+            evaluated = guidance.last_stats["model_samples"] if guidance is not None else counter.samples
+            hit = cache.stats().hit_ratio if cache is not None else None
+        return out.float().cpu(), seconds, counter.calls, evaluated, hit
+
+    total = len(settings.recipes) * (len(batches) + 1)
+    with tqdm(total=total, desc="bench", unit="batch") as bar:
+        for recipe in settings.recipes:  # untimed warm-up at the exact shape of the timed batches
+            bar.set_postfix_str(f"warm-up {recipe.name}")
+            sample(recipe, *batches[0])
+            bar.update()
+        for index, (batch_labels, batch_noise) in enumerate(batches):
+            for recipe in settings.recipes:
+                bar.set_postfix_str(f"batch {index} {recipe.name}")
+                out, seconds, n_calls, evaluated, hit = sample(recipe, batch_labels, batch_noise)
+                images[recipe.name].append(out)
+                if len(batch_labels) == len(batches[0][0]):  # a smaller last batch is not timed
+                    times[recipe.name].append(seconds)
+                calls[recipe.name] += n_calls
+                samples_evaluated[recipe.name] += evaluated
+                if hit is not None:
+                    cache_hits[recipe.name].append(hit)
+                bar.update()
+
+    baseline_latency = statistics.median(times[baseline])
+    rows = []
+    grids = settings.out / "grids"
+    from fastsample.eval.report import save_image_grid
+
+    for recipe in settings.recipes:
+        generated = torch.cat(images[recipe.name])
+        stats = _statistics(extractor, generated)
+        latency = statistics.median(times[recipe.name])
+        accuracy = float((classify(generated, feature_net) == labels).double().mean())
+        row = {
+            "config": recipe.name,
+            "scheduler": recipe.scheduler,
+            "steps": recipe.steps,
+            "guidance": recipe.guidance,
+            "cache": recipe.cache or "-",
+            "latency_s": latency,
+            "latency_ratio": latency / baseline_latency,
+            "speedup": baseline_latency / latency,
+            "nfe": samples_evaluated[recipe.name] / settings.samples,
+            "denoiser_calls": calls[recipe.name] / len(batches),
+            "fd": frechet_distance(stats.mu, stats.sigma, reference.mu, reference.sigma),
+            "class_accuracy": accuracy,
+            "saturation": mean_saturation(generated),
+            "cache_hit_ratio": statistics.fmean(cache_hits[recipe.name]) if cache_hits[recipe.name] else "-",
+        }
+        rows.append(row)
+        save_image_grid(
+            image_grid_by_class(generated, labels),
+            grids / f"{recipe.name}.png",
+            num_columns=grid_columns(labels),
+        )
+
+    verdict = best_recipe(rows, baseline, settings.fd_tolerance)
+    setup = {
+        "command": command or "fastsample bench",
+        "model": weights,
+        "machine": f"{platform.platform()}, {os.cpu_count()} CPUs, device {device}",
+        "versions": _versions(),
+        "threads": torch.get_num_threads(),
+        "samples per config": settings.samples,
+        "batch size": settings.batch_size,
+        "guidance scale": settings.guidance_scale,
+        "seed": settings.seed,
+        "timed batches per config": len(times[baseline]),
+        "real data saturation": round(mean_saturation(real), 4),
+        "FD floor (real vs real, same sample count)": round(fd_floor, 4),
+        "reference": f"{settings.reference_samples} real procedural images (fastsample.zoo.data)",
+    }
+    results = _write(settings, rows, setup, verdict)
+    results["batch_latencies_s"] = times
+    results["wall_time_s"] = time.perf_counter() - wall_start
+    (settings.out / "results.json").write_text(json.dumps(results, indent=2, default=str))
+    report = settings.out / "report.md"
+    report.write_text(report.read_text() + f"\nWall time of the whole run: {results['wall_time_s']:.0f} s.\n")
+    logger.info("bench finished in %.1f s; report in %s", results["wall_time_s"], settings.out)
+    return results
+
+
+def _versions() -> str:
+    import diffusers
+
+    from fastsample import __version__
+
+    return (
+        f"python {platform.python_version()}, torch {torch.__version__}, diffusers {diffusers.__version__}, "
+        f"fastsample {__version__}"
+    )
+
+
+def best_recipe(rows: list[dict[str, Any]], baseline: str, tolerance: float) -> str:
+    """Sentences naming the fastest recipe whose FD is within ``tolerance`` (relative) of the baseline's,
+    and the fastest recipe overall with its FD."""
+    base = next(row for row in rows if row["config"] == baseline)
+    others = [row for row in rows if row["config"] != baseline]
+    if not others:
+        return "Only the baseline was run."
+    limit = base["fd"] * (1.0 + tolerance)
+    matching = [row for row in others if row["fd"] <= limit]
+    margin = f"({base['fd']:.4g}, tolerance +{100 * tolerance:.0f} %)"
+    if matching:
+        best = min(matching, key=lambda row: row["latency_s"])
+        verdict = (
+            f"Fastest recipe matching the baseline's FD {margin}: **{best['config']}** (FD {best['fd']:.4g}) "
+            f"at {best['speedup']:.2f}x lower latency ({best['latency_s']:.3g} s vs "
+            f"{base['latency_s']:.3g} s per batch)."
+        )
+    else:
+        closest = min(others, key=lambda row: row["fd"])
+        verdict = (
+            f"No recipe matched the baseline's FD {margin}. Closest: **{closest['config']}** "
+            f"(FD {closest['fd']:.4g}) at {closest['speedup']:.2f}x lower latency."
+        )
+    fastest = min(others, key=lambda row: row["latency_s"])
+    return (
+        f"{verdict} Fastest recipe overall: **{fastest['config']}**, {fastest['speedup']:.2f}x lower "
+        f"latency at FD {fastest['fd']:.4g}."
+    )
+
+
+def _write(
+    settings: BenchSettings, rows: list[dict[str, Any]], setup: dict[str, Any], verdict: str
+) -> dict[str, Any]:
+    from fastsample.eval.report import write_report
+
+    paths = write_report(
+        settings.out,
+        rows,
+        title="fastsample bench",
+        quality_key="fd",
+        latency_key="latency_s",
+        label_key="config",
+        setup=setup,
+        name="report",
+    )
+    report = paths["markdown"]
+    notes = [
+        "",
+        "## Verdict",
+        "",
+        verdict,
+        "",
+        "Columns: `latency_s` median seconds of one `pipe(...)` call on a batch (warm-up first, batches",
+        "of all configs interleaved); `latency_ratio` = latency / baseline latency; `nfe` denoiser samples",
+        "evaluated per image (a CFG step counts 2); `denoiser_calls` per pipeline call; `fd` in-domain",
+        "Fréchet distance to the real reference (lower is better; compare with the FD floor above);",
+        "`class_accuracy` feature-net classification vs requested labels; `saturation` mean HSV",
+        "saturation. Image grids: `grids/` (one row per class).",
+        "",
+    ]
+    report.write_text(report.read_text() + "\n".join(notes))
+    json_path = paths["json"]
+    results = json.loads(json_path.read_text())
+    json_path.unlink()
+    results.update(verdict=verdict, settings=settings.to_dict(), plot=paths["plot"].name)
+    return results
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Command line
+# ---------------------------------------------------------------------------------------------------------
+DEFAULT_SAMPLES = 200
+QUICK_SAMPLES = 4
+DEFAULT_BATCH_SIZE = 40
+DTYPES = ("float32", "float16", "bfloat16")
+
+
+def _settings_from_args(args: argparse.Namespace) -> BenchSettings:
+    if args.configs:
+        names = [name.strip() for name in args.configs.split(",") if name.strip()]
+        unknown = [name for name in names if name not in RECIPES]
+        if unknown or not names:
+            raise ValueError(
+                f"--configs: unknown config(s) {unknown or names}; choose from {sorted(RECIPES)}"
+            )
+        table = QUICK_RECIPES if args.quick else DEFAULT_RECIPES
+        baseline = table[0]
+        recipes = tuple(RECIPES[name] for name in dict.fromkeys(names) if name != baseline.name)
+        recipes = (baseline, *recipes)  # ratios need the baseline in the same run
+    else:
+        recipes = QUICK_RECIPES if args.quick else DEFAULT_RECIPES
+    samples = args.samples if args.samples is not None else (QUICK_SAMPLES if args.quick else DEFAULT_SAMPLES)
+    if samples < 2:
+        raise ValueError(f"--samples must be >= 2 (a Fréchet distance needs a covariance), got {samples}")
+    batch_size = args.batch_size if args.batch_size is not None else min(samples, DEFAULT_BATCH_SIZE)
+    if batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {batch_size}")
+    reference = (
+        args.reference_samples if args.reference_samples is not None else (200 if args.quick else 2000)
+    )
+    if reference < 2:
+        raise ValueError(f"--reference-samples must be >= 2, got {reference}")
+    if not math.isfinite(args.guidance_scale) or args.guidance_scale <= 1:
+        raise ValueError(
+            "--guidance-scale must be > 1 (every row uses classifier-free guidance), "
+            f"got {args.guidance_scale}"
+        )
+    if args.fd_tolerance < 0:
+        raise ValueError(f"--fd-tolerance must be >= 0, got {args.fd_tolerance}")
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device {args.device}: CUDA is not available on this machine")
+    pipeline = None
+    if args.pipeline is not None:
+        pipeline = Path(args.pipeline)
+        if not (pipeline / "model_index.json").is_file():
+            raise ValueError(
+                f"--pipeline {args.pipeline}: not a saved pipeline folder (no model_index.json); "
+                "save one with PixelDiTPipeline.save_pretrained"
+            )
+    return BenchSettings(
+        out=Path(args.out),
+        recipes=recipes,
+        samples=samples,
+        batch_size=min(batch_size, samples),
+        reference_samples=reference,
+        guidance_scale=float(args.guidance_scale),
+        seed=args.seed,
+        device=args.device,
+        dtype=args.dtype,
+        pipeline=pipeline,
+        fd_tolerance=args.fd_tolerance,
+    )
+
+
+def _core_count() -> int:
+    """CPU cores this process may use (its affinity mask where the OS exposes one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
+    return value
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``bench`` subcommand."""
+    parser = subparsers.add_parser(
+        "bench",
+        help="diffusers baselines vs fastsample recipes: latency ratio, NFE, FD, accuracy, saturation",
+        description="Run the benchmark table on the embedded default (or --pipeline) and write a report "
+        f"folder. Configs: {', '.join(RECIPES)}.",
+    )
+    parser.add_argument(
+        "--out", default="fastsample-bench", help="report folder (default ./fastsample-bench)"
+    )
+    parser.add_argument(
+        "--samples",
+        type=_positive_int,
+        default=None,
+        help=f"generated images per config (default {DEFAULT_SAMPLES}; {QUICK_SAMPLES} with --quick)",
+    )
+    parser.add_argument("--batch-size", type=_positive_int, default=None, help="images per pipeline call")
+    parser.add_argument("--reference-samples", type=_positive_int, default=None, help="real images (2000)")
+    parser.add_argument("--quick", action="store_true", help="tiny run: 3 configs, 4 samples, 2-4 steps")
+    parser.add_argument("--configs", default=None, help="comma-separated config names (baseline always runs)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="float32", choices=DTYPES)
+    parser.add_argument("--pipeline", default=None, help="local PixelDiTPipeline folder (save_pretrained)")
+    parser.add_argument("--guidance-scale", type=float, default=4.0, help="CFG scale of every row (4.0)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--threads",
+        type=_positive_int,
+        default=None,
+        help="torch CPU threads (default: all cores of this process; on a busy machine use the free cores)",
+    )
+    parser.add_argument(
+        "--fd-tolerance",
+        type=float,
+        default=0.1,
+        help="relative FD margin for 'matches the baseline' in the verdict (0.1 = +10 %%)",
+    )
+    parser.set_defaults(func=run_bench_command)
+
+
+def run_bench_command(args: argparse.Namespace) -> int:
+    """Handler of ``fastsample bench``: validate flags, run, print where the report is."""
+    try:
+        settings = _settings_from_args(args)
+    except ValueError as error:
+        print(f"fastsample bench: error: {error}", file=sys.stderr)
+        return 2
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(args.threads or _core_count())
+    try:
+        results = run_bench(settings, command=shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]))
+    finally:
+        torch.set_num_threads(previous_threads)
+    print(results["verdict"])
+    print(f"report: {settings.out / 'report.md'} ({results['wall_time_s']:.0f} s)")
+    return 0
