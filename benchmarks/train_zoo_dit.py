@@ -23,10 +23,11 @@ def build_pipeline(weights: Path):
     from diffusers import DPMSolverMultistepScheduler
 
     from fastsample.pipelines.pixel_dit import PixelDiTPipeline
-    from fastsample.training.trainer import SCHEDULER_FILE, load_exported_model
+    from fastsample.training.trainer import SCHEDULER_FILE
     from fastsample.zoo.data import CLASS_NAMES
+    from fastsample.zoo.default import load_dit
 
-    transformer = load_exported_model(weights)
+    transformer = load_dit(weights)
     config = json.loads((weights / SCHEDULER_FILE).read_text())
     scheduler = DPMSolverMultistepScheduler.from_config(config)
     return PixelDiTPipeline(transformer=transformer, scheduler=scheduler, class_names=list(CLASS_NAMES))

@@ -2,7 +2,7 @@
 
 from .objective import WEIGHTINGS, DiffusionObjective, ObjectiveBatch, mixflow_slowed_levels
 from .samplers import SAMPLER_NAMES, sample_noise_levels, shift_noise_levels, to_vp_timesteps
-from .trainer import TrainConfig, export_weights, load_exported_model, train
+from .trainer import TrainConfig, export_weights, train
 from .weights import PREDICTION_TYPES, compute_snr, min_snr_weights
 
 __all__ = [
@@ -14,7 +14,6 @@ __all__ = [
     "TrainConfig",
     "compute_snr",
     "export_weights",
-    "load_exported_model",
     "min_snr_weights",
     "mixflow_slowed_levels",
     "sample_noise_levels",

@@ -40,6 +40,7 @@ from typing import Any
 import torch
 
 from ..zoo.data import IMAGE_SIZE, NUM_CLASSES, generate_batch
+from ..zoo.default import DIT_CONFIG_FILE, DIT_WEIGHTS_FILE, SCHEDULER_CONFIG_FILE
 from .objective import DiffusionObjective
 
 __all__ = [
@@ -48,16 +49,15 @@ __all__ = [
     "build_noise_scheduler",
     "export_weights",
     "latest_checkpoint",
-    "load_exported_model",
     "sampling_scheduler_config",
     "train",
 ]
 
 logger = logging.getLogger(__name__)
 
-WEIGHT_FILE = "dit.safetensors"
-CONFIG_FILE = "dit_config.json"
-SCHEDULER_FILE = "scheduler_config.json"
+WEIGHT_FILE = DIT_WEIGHTS_FILE  # the shipped layout, owned by fastsample.zoo.default
+CONFIG_FILE = DIT_CONFIG_FILE
+SCHEDULER_FILE = SCHEDULER_CONFIG_FILE
 _STATE_FILE = "trainer_state.json"
 
 
@@ -204,20 +204,6 @@ def export_weights(
     _atomic_write_bytes(
         directory / SCHEDULER_FILE, (json.dumps(scheduler_config, indent=2, sort_keys=True) + "\n").encode()
     )
-
-
-def load_exported_model(directory: str | os.PathLike, dtype: torch.dtype = torch.float32) -> Any:
-    """Load a model written by :func:`export_weights`."""
-    from diffusers import DiTTransformer2DModel
-    from safetensors.torch import load_file
-
-    directory = Path(directory)
-    config = json.loads((directory / CONFIG_FILE).read_text())
-    model = DiTTransformer2DModel.from_config(config)
-    model.load_state_dict(load_file(directory / WEIGHT_FILE))  # fp16 file -> the model's fp32 parameters
-    if dtype != torch.float32:
-        model = model.to(dtype)
-    return model.eval()
 
 
 def _step_generator(seed: int, step: int, process_index: int, stream: int) -> torch.Generator:

@@ -16,6 +16,7 @@ import contextlib
 import importlib.resources
 import json
 import logging
+import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,7 @@ __all__ = [
     "load_default_pipeline",
     "load_default_scheduler",
     "load_default_transformer",
+    "load_dit",
     "load_feature_net",
 ]
 
@@ -82,25 +84,34 @@ def load_feature_net(device: str | torch.device | None = None) -> FeatureNet:
         return load_feature_net_file(path, device=device)
 
 
-def load_default_transformer(
-    device: str | torch.device | None = None, dtype: torch.dtype | None = None
+def load_dit(
+    directory: str | os.PathLike, device: str | torch.device | None = None, dtype: torch.dtype | None = None
 ) -> Any:
-    """The shipped ``DiTTransformer2DModel`` (eval mode), weights cast to ``dtype`` (float32 by default)."""
+    """A ``DiTTransformer2DModel`` from a folder laid out like the shipped weights (``dit_config.json`` +
+    ``dit.safetensors``, as ``fastsample train --export`` writes them), in eval mode, cast to ``dtype``
+    (float32 by default)."""
     from diffusers import DiTTransformer2DModel
     from safetensors.torch import load_file
 
-    config = _read_json(DIT_CONFIG_FILE)
+    directory = Path(directory)
+    config = json.loads((directory / DIT_CONFIG_FILE).read_text())
     class_name = config.get("_class_name", "DiTTransformer2DModel")
     if class_name not in ("DiTTransformer2DModel", "Transformer2DModel"):
         raise ValueError(
             f"{DIT_CONFIG_FILE}: expected a DiTTransformer2DModel config, got _class_name {class_name!r}"
         )
-    with _weights_file(DIT_WEIGHTS_FILE) as path:
-        state_dict = load_file(str(path))
     transformer = DiTTransformer2DModel.from_config(config)
-    transformer.load_state_dict(state_dict, strict=True)
+    transformer.load_state_dict(load_file(str(directory / DIT_WEIGHTS_FILE)), strict=True)
     transformer = transformer.to(device=device, dtype=dtype or torch.float32)
     return transformer.eval()
+
+
+def load_default_transformer(
+    device: str | torch.device | None = None, dtype: torch.dtype | None = None
+) -> Any:
+    """The shipped ``DiTTransformer2DModel`` (eval mode), weights cast to ``dtype`` (float32 by default)."""
+    with _weights_file(DIT_CONFIG_FILE), _weights_file(DIT_WEIGHTS_FILE) as path:
+        return load_dit(path.parent, device=device, dtype=dtype)
 
 
 def load_default_scheduler(scheduler: Any = None) -> Any:

@@ -8,9 +8,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from fastsample.training import load_exported_model
 from fastsample.training.commands import main, register
 from fastsample.training.trainer import CONFIG_FILE, SCHEDULER_FILE, WEIGHT_FILE, latest_checkpoint
+from fastsample.zoo.default import load_dit
 
 TINY = ["--width", "32", "--head-dim", "16", "--depth", "1", "--patch-size", "8", "--batch-size", "4"]
 
@@ -69,7 +69,7 @@ def test_train_export_and_bit_exact_resume(tmp_path):
     assert {WEIGHT_FILE, CONFIG_FILE, SCHEDULER_FILE} <= set(os.listdir(export))
     shipped = load_file(export / WEIGHT_FILE)
     assert all(t.dtype == torch.float16 for t in shipped.values())
-    model = load_exported_model(export)
+    model = load_dit(export)
     names = [name for name, _ in model.named_parameters()]
     shadow = a[1]["shadow_params"]
     assert len(shadow) == len(names)
