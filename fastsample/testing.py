@@ -363,6 +363,31 @@ def tiny_dit_transformer(seed: int = 0):
         ).eval()
 
 
+def tiny_pixel_dit_transformer(
+    seed: int = 0,
+    sample_size: int = 8,
+    patch_size: int = 2,
+    num_layers: int = 2,
+    num_classes: int = 10,
+    out_channels: int = 3,
+):
+    """Pixel-space ``DiTTransformer2DModel`` for ``fastsample.pipelines.PixelDiTPipeline``: RGB in, ε (3) or
+    ε and a learned variance (6) out, ``num_classes`` labels (the null class is ``num_classes``), width 16."""
+    from diffusers import DiTTransformer2DModel
+
+    with _seeded(seed):
+        return DiTTransformer2DModel(
+            num_attention_heads=2,
+            attention_head_dim=8,
+            in_channels=3,
+            out_channels=out_channels,
+            num_layers=num_layers,
+            sample_size=sample_size,
+            patch_size=patch_size,
+            num_embeds_ada_norm=num_classes,
+        ).eval()
+
+
 def tiny_pixart_transformer(seed: int = 0, caption_channels: int = 32):
     """PixArt-α-shaped ``PixArtTransformer2DModel``: adaLN-single, T5 caption projection, learned sigma."""
     from diffusers import PixArtTransformer2DModel

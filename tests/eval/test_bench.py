@@ -10,27 +10,16 @@ import pytest
 import torch
 
 from fastsample.eval import bench
+from fastsample.testing import tiny_pixel_dit_transformer
 
 
 @pytest.fixture(scope="module")
 def tiny_pipeline_dir(tmp_path_factory):
     """A tiny random-weight PixelDiTPipeline (32×32 RGB, 10 classes) saved with save_pretrained."""
-    from diffusers import DiTTransformer2DModel
-
     from fastsample.pipelines.pixel_dit import PixelDiTPipeline
     from fastsample.zoo.default import load_default_scheduler
 
-    torch.manual_seed(0)
-    transformer = DiTTransformer2DModel(
-        num_attention_heads=2,
-        attention_head_dim=8,
-        in_channels=3,
-        out_channels=3,
-        num_layers=2,
-        sample_size=32,
-        patch_size=8,
-        num_embeds_ada_norm=10,
-    ).eval()
+    transformer = tiny_pixel_dit_transformer(sample_size=32, patch_size=8)
     # Zero class embeddings: conditional and unconditional predictions coincide exactly, so Adaptive
     # Guidance's cos(x̂0_c, x̂0_u) = 1 and it must switch to the conditional half after its first step.
     with torch.no_grad():

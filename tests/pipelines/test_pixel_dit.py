@@ -23,6 +23,7 @@ from diffusers import (
 )
 
 from fastsample.pipelines.pixel_dit import PixelDiTPipeline
+from fastsample.testing import tiny_pixel_dit_transformer
 
 NUM_CLASSES = 5
 SIZE = 8
@@ -31,17 +32,9 @@ SIZE = 8
 def tiny_transformer(
     out_channels: int = 3, num_classes: int = NUM_CLASSES, seed: int = 0
 ) -> DiTTransformer2DModel:
-    torch.manual_seed(seed)
-    return DiTTransformer2DModel(
-        num_attention_heads=2,
-        attention_head_dim=8,
-        in_channels=3,
-        out_channels=out_channels,
-        num_layers=2,
-        sample_size=SIZE,
-        patch_size=2,
-        num_embeds_ada_norm=num_classes,
-    ).eval()
+    return tiny_pixel_dit_transformer(
+        seed, sample_size=SIZE, num_classes=num_classes, out_channels=out_channels
+    )
 
 
 def make_pipe(scheduler=None, out_channels: int = 3, num_classes: int = NUM_CLASSES, class_names=None):

@@ -18,6 +18,7 @@ from diffusers import DDIMScheduler, DDPMScheduler, DiTTransformer2DModel, DPMSo
 from safetensors.torch import save_file
 
 from fastsample.pipelines.pixel_dit import PixelDiTPipeline
+from fastsample.testing import tiny_pixel_dit_transformer
 from fastsample.zoo import default
 from fastsample.zoo.data import CLASS_NAMES, NUM_CLASSES, generate_batch
 from fastsample.zoo.featurenet import FeatureNet
@@ -32,17 +33,7 @@ needs_dit = pytest.mark.skipif(
 
 def write_tiny_default(folder: Path, dtype: torch.dtype = torch.float16) -> DiTTransformer2DModel:
     """A tiny DiT and scheduler in the shipped layout (dit.safetensors, dit_config.json, scheduler json)."""
-    torch.manual_seed(0)
-    transformer = DiTTransformer2DModel(
-        num_attention_heads=2,
-        attention_head_dim=8,
-        in_channels=3,
-        out_channels=3,
-        num_layers=1,
-        sample_size=8,
-        patch_size=2,
-        num_embeds_ada_norm=NUM_CLASSES,
-    ).eval()
+    transformer = tiny_pixel_dit_transformer(num_layers=1, num_classes=NUM_CLASSES)
     folder.mkdir(parents=True, exist_ok=True)
     save_file({k: v.to(dtype) for k, v in transformer.state_dict().items()}, str(folder / "dit.safetensors"))
     (folder / "dit_config.json").write_text(json.dumps(dict(transformer.config)))
