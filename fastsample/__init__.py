@@ -43,6 +43,7 @@ _LAZY_EXPORTS: dict[str, str] = {
     # eval
     "frechet_distance": "fastsample.eval",
     # pipelines and defaults
+    "optimize": "fastsample.pipelines.optimize",
     "PixelDiTPipeline": "fastsample.pipelines.pixel_dit",
     "get_adapter": "fastsample.pipelines.adapters",
     "load_default_pipeline": "fastsample.zoo.default",

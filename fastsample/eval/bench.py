@@ -137,36 +137,23 @@ def build_scheduler(name: str, config: Any) -> Any:
     return factories[name]()
 
 
-def _guidance_method(name: str) -> Any:
-    from fastsample.guidance import APG, AdaptiveGuidance
-
-    return {"ag": AdaptiveGuidance, "apg": APG}[name]()
-
-
 @contextlib.contextmanager
 def applied(recipe: Recipe, pipe: Any, base_config: Any) -> Iterator[Any]:
-    """Swap in the recipe's scheduler, guidance hook and cache for the block; restore the pipeline after.
+    """Swap in the recipe's scheduler, guidance hook and cache for the block (through
+    :func:`fastsample.pipelines.optimize.optimize`); the pipeline is restored exactly afterwards.
 
-    Yields the guidance handle (``None`` for plain CFG), whose ``last_stats`` count the model samples.
+    Yields ``(guidance handle, cache handle)`` (each ``None`` when unused); the guidance handle's
+    ``last_stats`` count the model samples.
     """
-    from fastsample.cache import enable_cache
-    from fastsample.guidance import enable_guidance
+    from fastsample.pipelines.optimize import optimize
 
-    original_scheduler = pipe.scheduler
-    guidance = cache = None
-    try:
-        pipe.scheduler = build_scheduler(recipe.scheduler, base_config)
-        if recipe.guidance != "cfg":
-            guidance = enable_guidance(pipe, _guidance_method(recipe.guidance))
-        if recipe.cache is not None:
-            cache = enable_cache(pipe, recipe.cache, interval=2, profile_macs=False)
-        yield guidance, cache
-    finally:
-        if cache is not None:
-            cache.disable()
-        if guidance is not None:
-            guidance.disable()
-        pipe.scheduler = original_scheduler
+    with optimize(
+        pipe,
+        scheduler=build_scheduler(recipe.scheduler, base_config),
+        guidance=None if recipe.guidance == "cfg" else recipe.guidance,
+        cache=None if recipe.cache is None else (recipe.cache, {"interval": 2, "profile_macs": False}),
+    ) as handle:
+        yield handle.guidance, handle.cache
 
 
 class _SampleCounter:

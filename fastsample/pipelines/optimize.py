@@ -1,0 +1,257 @@
+"""``optimize(pipe, scheduler=..., guidance=..., cache=..., attention=...)``: every capability in one call.
+
+Composes a scheduler swap (:mod:`fastsample.solvers` or any diffusers scheduler), a guidance method
+(:func:`fastsample.guidance.enable_guidance`) and a feature cache (:func:`fastsample.cache.enable_cache`) on a
+supported pipeline (:func:`fastsample.pipelines.adapters.get_adapter`). Every argument is validated and every
+object built *before* the pipeline is touched, so a bad argument leaves it unchanged; the returned
+:class:`OptimizeHandle` logs and reports what is active and ``undo()`` restores the pipeline exactly (the
+same scheduler object, no hooks left). ``attention`` is refused: ``fastsample.kernels`` has no
+``set_attention`` yet.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastsample.pipelines.adapters import get_adapter
+
+logger = logging.getLogger(__name__)
+
+SCHEDULER_SHORTCUTS = ("ghvb", "hb", "plms", "dpm++2m-hb")
+GUIDANCE_NAMES = ("cfg", "cfg-rescale", "apg", "ag", "cfg-zero-star", "cfg++")
+# enable_cache's own keyword arguments; every other knob belongs to the cache policy.
+_CACHE_CALL_KNOBS = ("compile", "profile_macs")
+
+
+def _scheduler_factories(config: Any) -> dict[str, Callable[[], Any]]:
+    """The string shortcuts, built with ``from_config`` from the pipeline's scheduler config.
+
+    VP rows are the solver table's best rows (:func:`fastsample.solvers.benchmark_entries`): GHVB 1.8 on the
+    Karras grid, PLMS4 + Heavy Ball 0.8, PLMS4 (GHVB order 4) and DPM++2M + HB 0.8, ending at σ̄ = 0. Flow
+    models get the flow rows of the same table (uniform grid, FlowMatch's ``shift`` kept).
+    """
+    from fastsample.solvers import (
+        GHVBScheduler,
+        HeavyBallScheduler,
+        MomentumDPMSolverMultistepScheduler,
+        is_flow_config,
+    )
+
+    if is_flow_config(config):
+        return {
+            "ghvb": lambda: GHVBScheduler.from_config(config, ghvb_order=1.8),
+            "hb": lambda: HeavyBallScheduler.from_config(config, plms_order=4, momentum=0.8),
+            "plms": lambda: GHVBScheduler.from_config(config, ghvb_order=4),
+            "dpm++2m-hb": lambda: MomentumDPMSolverMultistepScheduler.from_config(
+                config,
+                momentum=0.8,
+                use_flow_sigmas=True,
+                prediction_type="flow_prediction",
+                flow_shift=float(dict(config).get("shift", 1.0)),
+            ),
+        }
+    zero = {"final_sigmas_type": "zero"}
+    return {
+        "ghvb": lambda: GHVBScheduler.from_config(config, ghvb_order=1.8, use_karras_sigmas=True, **zero),
+        "hb": lambda: HeavyBallScheduler.from_config(config, plms_order=4, momentum=0.8, **zero),
+        "plms": lambda: GHVBScheduler.from_config(config, ghvb_order=4, **zero),
+        "dpm++2m-hb": lambda: MomentumDPMSolverMultistepScheduler.from_config(config, momentum=0.8),
+    }
+
+
+def _build_scheduler(spec: Any, pipe: Any) -> Any:
+    """``None`` → ``None``; an instance as is; a class or shortcut built from ``pipe.scheduler.config``."""
+    if spec is None:
+        return None
+    if not isinstance(spec, (str, type)):
+        if not (hasattr(spec, "set_timesteps") and hasattr(spec, "step")):
+            raise TypeError(
+                "scheduler must be None, a scheduler instance, a scheduler class or one of "
+                f"{SCHEDULER_SHORTCUTS}, got {type(spec).__name__}."
+            )
+        return spec
+    config = pipe.scheduler.config
+    if isinstance(spec, type):
+        if not hasattr(spec, "from_config"):
+            raise TypeError(
+                f"scheduler class {spec.__name__} has no from_config (not a diffusers scheduler)."
+            )
+        return spec.from_config(config)
+    factories = _scheduler_factories(config)
+    if spec.lower() not in factories:
+        raise ValueError(
+            f"unknown scheduler {spec!r}; choose one of {SCHEDULER_SHORTCUTS} or pass a scheduler."
+        )
+    return factories[spec.lower()]()
+
+
+def _build_guidance(spec: Any) -> Any:
+    """``None`` → ``None``; a :class:`~fastsample.guidance.GuidanceMethod` as is; a name → its default."""
+    from fastsample.guidance import APG, CFG, AdaptiveGuidance, CFGPlusPlus, CFGRescale, CFGZeroStar
+    from fastsample.guidance.methods import GuidanceMethod
+
+    if spec is None or isinstance(spec, GuidanceMethod):
+        return spec
+    if not isinstance(spec, str):
+        raise TypeError(
+            f"guidance must be None, a fastsample.guidance method or one of {GUIDANCE_NAMES}, "
+            f"got {type(spec).__name__}."
+        )
+    classes = {
+        "cfg": CFG,
+        "cfg-rescale": CFGRescale,
+        "apg": APG,
+        "ag": AdaptiveGuidance,
+        "cfg-zero-star": CFGZeroStar,
+        "cfg++": CFGPlusPlus,
+    }
+    cls = classes.get(spec.lower())
+    if cls is None:
+        raise ValueError(
+            f"unknown guidance {spec!r}; choose one of {GUIDANCE_NAMES} or pass a method object."
+        )
+    return cls()
+
+
+def _build_cache(spec: Any, pipe: Any) -> tuple[Any, dict[str, Any]] | None:
+    """``None`` → ``None``; otherwise the validated policy and ``enable_cache``'s own keyword arguments."""
+    from fastsample.cache.api import METHODS, make_policy
+    from fastsample.cache.policies import CachePolicy
+
+    if spec is None:
+        return None
+    if isinstance(spec, tuple):
+        if len(spec) != 2 or not isinstance(spec[0], str) or not isinstance(spec[1], dict):
+            raise TypeError("cache as a tuple must be (method_name, knobs_dict).")
+        name, knobs = spec
+    elif isinstance(spec, (str, CachePolicy)):
+        name, knobs = spec, {}
+    else:
+        raise TypeError(
+            f"cache must be None, one of {METHODS}, a (name, knobs) tuple or a CachePolicy, "
+            f"got {type(spec).__name__}."
+        )
+    adapter = get_adapter(pipe)
+    if adapter.denoiser_attr == "unet":
+        raise ValueError(
+            f"cache is not supported on {type(pipe).__name__}: its denoiser is a UNet and fastsample's "
+            "feature cache works on diffusion transformers (DiT, PixArt, SD3, Flux, PixelDiT); "
+            "pass cache=None."
+        )
+    call_knobs = {k: knobs[k] for k in _CACHE_CALL_KNOBS if k in knobs}
+    policy_knobs = {k: v for k, v in knobs.items() if k not in _CACHE_CALL_KNOBS}
+    return make_policy(name, **policy_knobs), call_knobs
+
+
+def _check_attention(spec: Any) -> None:
+    if spec is not None:
+        raise NotImplementedError(
+            "attention: set_attention is not available yet (fastsample.kernels is being built, see the "
+            "'kernels' issue); pass attention=None."
+        )
+
+
+@dataclass
+class OptimizeHandle:
+    """What :func:`optimize` turned on; ``undo()`` (alias ``disable()``) restores the pipeline exactly."""
+
+    pipe: Any
+    original_scheduler: Any
+    scheduler: Any = None
+    guidance: Any = None  # fastsample.guidance.GuidanceHandle
+    cache: Any = None  # fastsample.cache.CacheHandle
+    lines: list[str] = field(default_factory=list)
+    active: bool = True
+
+    def summary(self) -> str:
+        """One line per active capability (``"nothing active"`` when none is)."""
+        if not self.active or not self.lines:
+            return f"fastsample.optimize on {type(self.pipe).__name__}: nothing active"
+        return "\n".join(self.lines)
+
+    def undo(self) -> None:
+        """Remove the cache and guidance hooks and put the original scheduler object back; idempotent."""
+        if not self.active:
+            return
+        if self.cache is not None:
+            self.cache.disable()
+        if self.guidance is not None:
+            self.guidance.disable()
+        self.pipe.scheduler = self.original_scheduler
+        self.active = False
+        logger.info("fastsample.optimize undone on %s", type(self.pipe).__name__)
+
+    disable = undo
+
+    def __enter__(self) -> OptimizeHandle:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.undo()
+
+
+def optimize(
+    pipe: Any,
+    scheduler: Any = None,
+    guidance: Any = None,
+    cache: Any = None,
+    attention: Any = None,
+) -> OptimizeHandle:
+    """Compose fastsample's capabilities on ``pipe``; undo with ``handle.undo()`` or a ``with`` block.
+
+    Args:
+        pipe: a supported pipeline (:func:`fastsample.pipelines.adapters.supported_pipelines`).
+        scheduler: ``None`` (keep), a scheduler instance, a scheduler class (``cls.from_config(
+            pipe.scheduler.config)``) or a shortcut: ``"ghvb"`` (GHVB order 1.8, Karras grid), ``"hb"``
+            (PLMS4 + Heavy Ball 0.8), ``"plms"`` (PLMS4), ``"dpm++2m-hb"`` (DPM-Solver++ 2M + Heavy Ball 0.8).
+        guidance: ``None``, a :mod:`fastsample.guidance` method object or one of :data:`GUIDANCE_NAMES`
+            (built with its defaults; the scale stays the pipeline's ``guidance_scale``).
+        cache: ``None``, a method name (``"fora"``, ``"dynamic"``, ``"harmonica"``, ``"static"``, ``"none"``),
+            ``(name, knobs_dict)`` or a ``CachePolicy``; refused for UNet pipelines (SD, SDXL).
+        attention: must be ``None``: ``fastsample.kernels.set_attention`` does not exist yet, so anything
+            else raises ``NotImplementedError`` rather than being silently ignored.
+
+    Every argument is validated and built before the pipeline changes; if enabling a piece still fails,
+    the pieces already applied are undone before the error propagates.
+    """
+    adapter = get_adapter(pipe)
+    _check_attention(attention)
+    new_scheduler = _build_scheduler(scheduler, pipe)
+    method = _build_guidance(guidance)
+    cache_plan = _build_cache(cache, pipe)
+
+    from fastsample.cache import enable_cache
+    from fastsample.guidance import enable_guidance
+
+    name = type(pipe).__name__
+    handle = OptimizeHandle(pipe=pipe, original_scheduler=pipe.scheduler)
+    try:
+        if new_scheduler is not None:
+            pipe.scheduler = new_scheduler
+            handle.scheduler = new_scheduler
+            handle.lines.append(
+                f"scheduler: {type(new_scheduler).__name__} (was {type(handle.original_scheduler).__name__})"
+            )
+        if method is not None:
+            handle.guidance = enable_guidance(pipe, method)
+            handle.lines.append(f"guidance: {type(method).__name__} ({adapter.cfg_layout} CFG layout)")
+        if cache_plan is not None:
+            policy, call_knobs = cache_plan
+            handle.cache = enable_cache(pipe, policy, **call_knobs)
+            described = policy.describe() if hasattr(policy, "describe") else type(policy).__name__
+            handle.lines.append(f"cache: {type(policy).__name__} {described} on {adapter.denoiser_attr}")
+    except BaseException:
+        handle.undo()
+        raise
+    handle.lines = [f"fastsample.optimize on {name}: {line}" for line in handle.lines]
+    for line in handle.lines:
+        logger.info(line)
+    if not handle.lines:
+        logger.info("fastsample.optimize on %s: nothing requested, pipeline unchanged", name)
+    return handle
+
+
+__all__ = ["GUIDANCE_NAMES", "SCHEDULER_SHORTCUTS", "OptimizeHandle", "optimize"]
