@@ -13,6 +13,10 @@ table), computes the guided prediction g with the method and writes it back so t
 
 When the method plans ``"cond"`` the model runs on the conditional half only (every tensor argument whose
 leading dimension is the full batch is sliced) and when it plans ``"none"`` the model is not called at all.
+When it plans ``"full"`` but its :meth:`~fastsample.guidance.methods.GuidanceMethod.uncond_mask` leaves some
+samples out (Adaptive Guidance after some samples switched), the batch is re-packed: the model runs on all
+conditional rows plus the unconditional rows of the masked samples only, with every batched argument
+selected the same way, and the unmasked samples get u = c.
 Per-generation state is reset at the start of each ``pipe(...)`` through
 :mod:`fastsample.pipelines.call_scope`. The pipeline's guidance scale and CFG switch are read from the running
 ``__call__`` (an attribute such as ``pipe._guidance_scale`` or the call's own argument) as the adapter says.
@@ -59,10 +63,14 @@ def _call_locals(pipe: Any, names: tuple[str, ...]) -> dict[str, Any] | None:
     return None
 
 
-def _slice_batch(value: Any, full: int, index: slice) -> Any:
-    """Slice every tensor whose leading dimension is ``full`` (recursing into dicts, lists and tuples)."""
+def _slice_batch(value: Any, full: int, index: slice | torch.Tensor) -> Any:
+    """Select the rows ``index`` (a slice or a 1-D index tensor) of every tensor whose leading dimension is
+    ``full``, recursing into dicts, lists and tuples (hidden states, timesteps, class labels, text embeddings,
+    ``added_cond_kwargs``, pooled projections, attention masks); everything else passes through."""
     if isinstance(value, torch.Tensor):
-        return value[index] if value.ndim > 0 and value.shape[0] == full else value
+        if value.ndim == 0 or value.shape[0] != full:
+            return value
+        return value[index] if isinstance(index, slice) else value.index_select(0, index.to(value.device))
     if isinstance(value, dict):
         return {k: _slice_batch(v, full, index) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
@@ -265,7 +273,22 @@ class GuidanceHook(ModelHook):
         ctx = self._context(x[c_idx], t_cond)
         plan = self.method.plan(ctx)
         self.step += 1
-        if plan == "full":
+        mask = self.method.uncond_mask(ctx) if plan == "full" else None
+        if mask is not None:
+            mask = torch.as_tensor(mask, dtype=torch.bool).reshape(-1).cpu()
+            if mask.shape[0] != b:
+                raise ValueError(
+                    f"{type(self.method).__name__}.uncond_mask returned {mask.shape[0]} entries for a batch "
+                    f"of {b} samples."
+                )
+            if bool(mask.all()):
+                mask = None
+            elif not bool(mask.any()):
+                plan, mask = "cond", None
+        if plan == "full" and mask is not None:
+            out, c, c_rest, u, u_rest = self._repacked(args, kwargs, n, cond_first, mask)
+            guided = self.method(c, u, ctx)
+        elif plan == "full":
             out = self._run(args, kwargs)
             pred = _prediction(out)
             (c, c_rest), (u, u_rest) = self._split_channels(pred[c_idx]), self._split_channels(pred[u_idx])
@@ -288,6 +311,28 @@ class GuidanceHook(ModelHook):
         halves = [self._join_channels(new_c, c_rest), self._join_channels(new_u, u_rest)]
         full = torch.cat(halves if cond_first else halves[::-1], dim=0)
         return _new_output(module, full, kwargs) if out is None else _with_prediction(out, full)
+
+    def _repacked(self, args: tuple, kwargs: dict, n: int, cond_first: bool, mask: torch.Tensor) -> tuple:
+        """Run the model on every conditional row and only the unconditional rows of the samples in ``mask``
+        (kept in the adapter's half order), then scatter the result back to B samples.
+
+        Returns ``(out, c, c_rest, u, u_rest)``: ``u`` (and the variance channels ``u_rest``) of a sample
+        outside the mask is its conditional prediction."""
+        b = n // 2
+        active = torch.nonzero(mask).reshape(-1)
+        m = active.numel()
+        cond_rows = torch.arange(b) if cond_first else torch.arange(b, n)
+        uncond_rows = (b if cond_first else 0) + active
+        rows = torch.cat([cond_rows, uncond_rows] if cond_first else [uncond_rows, cond_rows])
+        out = self._run(_slice_batch(args, n, rows), _slice_batch(kwargs, n, rows))
+        pred = _prediction(out)
+        c_part, u_part = (pred[:b], pred[b:]) if cond_first else (pred[m:], pred[:m])
+        c, c_rest = self._split_channels(c_part)
+        u_active, u_rest_active = self._split_channels(u_part)
+        index = active.to(c.device)
+        u = c.index_copy(0, index, u_active)
+        u_rest = None if c_rest is None else c_rest.index_copy(0, index, u_rest_active)
+        return out, c, c_rest, u, u_rest
 
     def _separate_calls(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> Any:
         context = self.cache_state._context

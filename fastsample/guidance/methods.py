@@ -67,6 +67,16 @@ class GuidanceMethod:
         model call)."""
         return "full"
 
+    def uncond_mask(self, ctx: GuidanceContext) -> torch.Tensor | None:
+        """On a ``"full"`` step: a boolean (B,) mask of the samples that need their unconditional prediction,
+        or ``None`` for all of them.
+
+        When some are ``False`` the hook re-packs the batch (the model runs on every conditional row and only
+        the masked unconditional rows) and passes the method an ``uncond`` whose unmasked rows hold the
+        conditional prediction, so ``u + w (c − u)`` is exactly c there.
+        """
+        return None
+
     def __call__(
         self, cond: torch.Tensor | None, uncond: torch.Tensor | None, ctx: GuidanceContext
     ) -> torch.Tensor:
@@ -191,32 +201,40 @@ class AdaptiveGuidance(GuidanceMethod):
 
     Per sample, γ = cos(x̂0_c, x̂0_u) over all non-batch dims (computed on x̂0 because in ε space c ≈ u ≈ x_t at
     the first step; guidance.md §1.1). A sample whose γ ≥ ``threshold`` switches permanently to the
-    conditional
-    prediction (from that step on its output is c). Batched pipelines run the model on the conditional half
-    only once *every* sample in the batch has switched (no re-packing: until then switched samples still
-    pay for
-    their unconditional pass, which keeps the batch shape fixed).
+    conditional prediction: from that step on its output is c. On batched pipelines the switched samples'
+    unconditional rows are dropped from the forward (``repack=True``, see
+    :meth:`GuidanceMethod.uncond_mask`), so a batch of B samples costs B + #(not yet switched) rows per
+    step; once every sample has switched the model runs on the conditional half only. With
+    ``repack=False`` the batch keeps its 2B rows until the last sample switches (same outputs, more rows).
 
     Args:
         guidance_scale: w ≥ 1 for the CFG steps (``None``: the pipeline's).
         threshold: γ̄ ∈ (0, 1] (default 0.99, the range the public ComfyUI port advises; the paper's own value
             is not verified).
+        repack: drop the unconditional rows of switched samples from the forward (default ``True``).
     """
 
     space = "x0"
 
-    def __init__(self, guidance_scale: float | None = None, threshold: float = 0.99) -> None:
+    def __init__(
+        self, guidance_scale: float | None = None, threshold: float = 0.99, repack: bool = True
+    ) -> None:
         super().__init__(guidance_scale)
         if not (isinstance(threshold, (int, float)) and 0.0 < threshold <= 1.0):
             raise ValueError(f"threshold (γ̄) must be in (0, 1], got {threshold}.")
+        if not isinstance(repack, bool):
+            raise TypeError(f"repack must be a bool, got {type(repack).__name__}.")
         self.threshold = float(threshold)
+        self.repack = repack
         self._switched: torch.Tensor | None = None
         self.switch_step: int | None = None  # step at which the last sample switched (this generation)
+        self.switch_steps: torch.Tensor | None = None  # per sample, the step it switched at (−1: not yet)
         self.gammas: list[torch.Tensor] = []  # γ per sample for every CFG step of this generation
 
     def reset(self) -> None:
         self._switched = None
         self.switch_step = None
+        self.switch_steps = None
         self.gammas = []
 
     def plan(self, ctx):
@@ -224,16 +242,24 @@ class AdaptiveGuidance(GuidanceMethod):
             return "cond"
         return "full"
 
+    def uncond_mask(self, ctx):
+        if not self.repack or self._switched is None or not bool(self._switched.any()):
+            return None
+        return ~self._switched
+
     def __call__(self, cond, uncond, ctx):
         if uncond is None:
             return cond
         d_c, d_u = ctx.to_x0(cond).flatten(1), ctx.to_x0(uncond).flatten(1)
-        gamma = torch.nn.functional.cosine_similarity(d_c, d_u, dim=1)
-        self.gammas.append(gamma.detach().double().cpu())
-        passed = (gamma >= self.threshold).cpu()
-        if self._switched is None or self._switched.shape != passed.shape:
-            self._switched = torch.zeros_like(passed)
-        self._switched |= passed
+        gamma = torch.nn.functional.cosine_similarity(d_c, d_u, dim=1).detach().double().cpu()
+        if self._switched is None or self._switched.shape != gamma.shape:
+            self._switched = torch.zeros(gamma.shape, dtype=torch.bool)
+            self.switch_steps = torch.full(gamma.shape, -1, dtype=torch.long)
+        # samples that switched earlier carry uncond = cond under re-packing: record their γ as NaN
+        self.gammas.append(torch.where(self._switched, torch.nan, gamma))
+        newly = (gamma >= self.threshold) & ~self._switched
+        self.switch_steps[newly] = ctx.step
+        self._switched |= newly
         if self.switch_step is None and bool(self._switched.all()):
             self.switch_step = ctx.step
         guided = cfg_combine(cond, uncond, ctx.guidance_scale)

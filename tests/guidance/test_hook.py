@@ -105,7 +105,7 @@ def test_adaptive_guidance_call_count_matches_switch_step():
     passed = (gammas >= threshold).cummax(dim=0).values.all(dim=1)
     k = int(passed.int().argmax())
     assert passed[k] and k <= 2
-    method = AdaptiveGuidance(threshold=threshold)
+    method = AdaptiveGuidance(threshold=threshold, repack=False)  # re-packing: tests/guidance/test_repack.py
     counter = _Counter(pipe, name)
     try:
         with guide(pipe, method) as handle:

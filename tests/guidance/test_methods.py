@@ -208,15 +208,20 @@ def test_adaptive_guidance_switches_per_sample_and_permanently():
     orthogonal = torch.tensor([[1.0, -1.0] * 4] * 2, dtype=torch.float64)  # cos = 0
     # step 0: sample 0 aligned, sample 1 not
     u = torch.stack([aligned[0], orthogonal[1]])
+    assert method.uncond_mask(ctx) is None  # nobody has switched: the whole batch needs u
     out = method(c, u, ctx)
     torch.testing.assert_close(out[0], c[0])
     torch.testing.assert_close(out[1], u[1] + 5.0 * (c[1] - u[1]))
     assert method.plan(ctx) == "full"
+    assert method.uncond_mask(ctx).tolist() == [False, True]  # re-pack: only sample 1 needs u
+    assert method.switch_steps.tolist() == [0, -1]
+    assert AdaptiveGuidance(threshold=0.9, repack=False).uncond_mask(ctx) is None
     # step 1: sample 0 no longer aligned but has switched for good; sample 1 now aligned
     u = torch.stack([orthogonal[0], aligned[1]])
     out = method(c, u, ctx)
     torch.testing.assert_close(out, c)
     assert method.plan(ctx) == "cond" and method.switch_step == 0
+    assert method.switch_steps.tolist() == [0, 0]
     assert method(c, None, ctx) is c
     method.reset()
     assert method.plan(ctx) == "full" and method.switch_step is None
@@ -258,3 +263,5 @@ def test_bad_arguments_are_refused(factory, match):
 def test_non_numeric_scale_is_a_type_error():
     with pytest.raises(TypeError, match="guidance_scale"):
         APG(guidance_scale="7")
+    with pytest.raises(TypeError, match="repack"):
+        AdaptiveGuidance(repack="yes")
