@@ -38,6 +38,9 @@ _LAZY_EXPORTS: dict[str, str] = {
     "CFGPlusPlus": "fastsample.guidance",
     # cache
     "enable_cache": "fastsample.cache",
+    # kernels
+    "set_attention": "fastsample.kernels",
+    "enable_dit_savings": "fastsample.kernels",
     # training
     "min_snr_weights": "fastsample.training",
     # eval

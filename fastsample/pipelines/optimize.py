@@ -5,8 +5,7 @@ Composes a scheduler swap (:mod:`fastsample.solvers` or any diffusers scheduler)
 supported pipeline (:func:`fastsample.pipelines.adapters.get_adapter`). Every argument is validated and every
 object built *before* the pipeline is touched, so a bad argument leaves it unchanged; the returned
 :class:`OptimizeHandle` logs and reports what is active and ``undo()`` restores the pipeline exactly (the
-same scheduler object, no hooks left). ``attention`` is refused: ``fastsample.kernels`` has no
-``set_attention`` yet.
+same scheduler object, the same attention processors, no hooks left).
 """
 
 from __future__ import annotations
@@ -146,12 +145,54 @@ def _build_cache(spec: Any, pipe: Any) -> tuple[Any, dict[str, Any]] | None:
     return make_policy(name, **policy_knobs), call_knobs
 
 
-def _check_attention(spec: Any) -> None:
-    if spec is not None:
-        raise NotImplementedError(
-            "attention: set_attention is not available yet (fastsample.kernels is being built, see the "
-            "'kernels' issue); pass attention=None."
+def _check_attention(spec: Any) -> tuple[str, dict[str, Any]] | None:
+    """``None`` → ``None``; a backend name or ``(backend, knobs)`` → validated ``(backend, knobs)``."""
+    from fastsample.kernels.attention import BACKENDS
+
+    if spec is None:
+        return None
+    if isinstance(spec, tuple):
+        if len(spec) != 2 or not isinstance(spec[0], str) or not isinstance(spec[1], dict):
+            raise TypeError(
+                "attention as a tuple must be (backend, knobs_dict), e.g. ('sdpa', {'kernels': ['math']})."
+            )
+        backend, knobs = spec
+    elif isinstance(spec, str):
+        backend, knobs = spec, {}
+    else:
+        raise TypeError(
+            f"attention must be None, one of {BACKENDS} or a (backend, knobs) tuple, "
+            f"got {type(spec).__name__}."
         )
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown attention backend {backend!r}; choose one of {BACKENDS}.")
+    unknown = set(knobs) - {"kernels"}
+    if unknown:
+        raise ValueError(f"unknown attention knob(s) {sorted(unknown)}; the only knob is 'kernels'.")
+    return backend, knobs
+
+
+def _check_dit_savings(spec: Any, pipe: Any) -> dict[str, Any] | None:
+    """``False``/``None`` → ``None``; ``True`` → the defaults; a dict → ``enable_dit_savings`` keywords."""
+    if spec is None or spec is False:
+        return None
+    if spec is True:
+        knobs: dict[str, Any] = {}
+    elif isinstance(spec, dict):
+        knobs = dict(spec)
+    else:
+        raise TypeError(
+            f"dit_savings must be a bool or a dict of enable_dit_savings keywords, got {type(spec).__name__}."
+        )
+    from diffusers import DiTTransformer2DModel
+
+    denoiser = getattr(pipe, get_adapter(pipe).denoiser_attr)
+    if not isinstance(denoiser, DiTTransformer2DModel):
+        raise ValueError(
+            f"dit_savings needs a DiTTransformer2DModel denoiser (DiTPipeline, PixelDiTPipeline); "
+            f"{type(pipe).__name__} has a {type(denoiser).__name__}: pass dit_savings=False."
+        )
+    return knobs
 
 
 @dataclass
@@ -163,6 +204,8 @@ class OptimizeHandle:
     scheduler: Any = None
     guidance: Any = None  # fastsample.guidance.GuidanceHandle
     cache: Any = None  # fastsample.cache.CacheHandle
+    attention: Any = None  # fastsample.kernels.AttentionHandle
+    dit_savings: Any = None  # fastsample.kernels.DiTSavingsHandle
     lines: list[str] = field(default_factory=list)
     active: bool = True
 
@@ -173,9 +216,13 @@ class OptimizeHandle:
         return "\n".join(self.lines)
 
     def undo(self) -> None:
-        """Remove the cache and guidance hooks and put the original scheduler object back; idempotent."""
+        """Take everything back in reverse order and put the original scheduler back; idempotent."""
         if not self.active:
             return
+        if self.dit_savings is not None:
+            self.dit_savings.disable()
+        if self.attention is not None:
+            self.attention.reset()
         if self.cache is not None:
             self.cache.disable()
         if self.guidance is not None:
@@ -199,6 +246,7 @@ def optimize(
     guidance: Any = None,
     cache: Any = None,
     attention: Any = None,
+    dit_savings: Any = False,
 ) -> OptimizeHandle:
     """Compose fastsample's capabilities on ``pipe``; undo with ``handle.undo()`` or a ``with`` block.
 
@@ -211,14 +259,17 @@ def optimize(
             (built with its defaults; the scale stays the pipeline's ``guidance_scale``).
         cache: ``None``, a method name (``"fora"``, ``"dynamic"``, ``"harmonica"``, ``"static"``, ``"none"``),
             ``(name, knobs_dict)`` or a ``CachePolicy``; refused for UNet pipelines (SD, SDXL).
-        attention: must be ``None``: ``fastsample.kernels.set_attention`` does not exist yet, so anything
-            else raises ``NotImplementedError`` rather than being silently ignored.
+        attention: ``None``, a :func:`fastsample.kernels.set_attention` backend (``"auto"``, ``"sdpa"``,
+            ``"xformers"``, ``"triton"``) or ``(backend, {"kernels": [...]})`` for an SDPA kernel subset.
+        dit_savings: ``True`` (or a dict of :func:`fastsample.kernels.enable_dit_savings` keywords) for the
+            exact DiT savings: one timestep/label embedding per step, one batched adaLN matmul; DiT only.
 
     Every argument is validated and built before the pipeline changes; if enabling a piece still fails,
     the pieces already applied are undone before the error propagates.
     """
     adapter = get_adapter(pipe)
-    _check_attention(attention)
+    attention_plan = _check_attention(attention)
+    savings_plan = _check_dit_savings(dit_savings, pipe)
     new_scheduler = _build_scheduler(scheduler, pipe)
     method = _build_guidance(guidance)
     cache_plan = _build_cache(cache, pipe)
@@ -243,6 +294,17 @@ def optimize(
             handle.cache = enable_cache(pipe, policy, **call_knobs)
             described = policy.describe() if hasattr(policy, "describe") else type(policy).__name__
             handle.lines.append(f"cache: {type(policy).__name__} {described} on {adapter.denoiser_attr}")
+        if attention_plan is not None:
+            from fastsample.kernels import set_attention
+
+            backend, knobs = attention_plan
+            handle.attention = set_attention(pipe, backend, **knobs)
+            handle.lines.append(f"attention: {handle.attention.describe()}")
+        if savings_plan is not None:
+            from fastsample.kernels import enable_dit_savings
+
+            handle.dit_savings = enable_dit_savings(pipe, **savings_plan)
+            handle.lines.append(f"dit savings: {handle.dit_savings.describe()}")
     except BaseException:
         handle.undo()
         raise

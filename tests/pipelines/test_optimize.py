@@ -133,7 +133,10 @@ def test_vp_shortcuts_match_bench_recipes():
         ({"scheduler": "ghvb", "guidance": "apg", "cache": "nope"}, ValueError, "unknown cache method"),
         ({"scheduler": "hb", "guidance": "apg", "cache": ("fora", {"bad_knob": 1})}, TypeError, "bad_knob"),
         ({"scheduler": "hb", "guidance": "apg", "cache": 5}, TypeError, "cache must be"),
-        ({"scheduler": "hb", "guidance": "apg", "attention": "sdpa"}, NotImplementedError, "set_attention"),
+        ({"scheduler": "hb", "guidance": "apg", "attention": "flash"}, ValueError, "attention backend"),
+        ({"scheduler": "hb", "attention": ("sdpa", {"kernel": ["math"]})}, ValueError, "knob"),
+        ({"scheduler": "hb", "attention": 3}, TypeError, "attention must be"),
+        ({"scheduler": "hb", "dit_savings": "yes"}, TypeError, "dit_savings must be"),
     ],
 )
 def test_bad_inputs_raise_before_any_change(kwargs, error, match):
@@ -145,9 +148,46 @@ def test_bad_inputs_raise_before_any_change(kwargs, error, match):
     assert _untouched(pipe)
 
 
-def test_attention_error_names_kernels_issue():
-    with pytest.raises(NotImplementedError, match="kernels"):
-        optimize(tiny_pipeline("dit"), attention="flash")
+def _processors(pipe) -> dict:
+    modules = get_adapter(pipe).denoiser(pipe).named_modules()
+    return {name: m.processor for name, m in modules if hasattr(m, "processor")}
+
+
+@pytest.mark.parametrize("name", ["dit", "pixart"])
+def test_attention_and_dit_savings_compose_and_undo_exactly(name):
+    pipe = tiny_pipeline(name)
+    baseline = _run(pipe, name)
+    processors = _processors(pipe)
+    sched, guid, cache = RECIPES[name]
+    handle = optimize(
+        pipe,
+        scheduler=sched,
+        guidance=guid,
+        cache=cache,
+        attention=("sdpa", {"kernels": ["math"]}),
+        dit_savings=name == "dit",
+    )
+    assert all(getattr(p, "_fastsample_attention", False) for p in _processors(pipe).values())
+    lines = handle.summary().splitlines()
+    assert sum(line.split(": ", 1)[1].startswith("attention:") for line in lines) == 1
+    assert any("dit savings:" in line for line in lines) == (name == "dit")
+    composed = _run(pipe, name)
+    handle.undo()
+    assert _processors(pipe).keys() == processors.keys()
+    assert all(_processors(pipe)[k] is processors[k] for k in processors)  # the same objects back
+    assert _untouched(pipe)
+    np.testing.assert_array_equal(_run(pipe, name), baseline)
+
+    # the attention path and the savings are exact: without them the same recipe gives the same images
+    with optimize(pipe, scheduler=sched, guidance=guid, cache=cache):
+        np.testing.assert_allclose(_run(pipe, name), composed, atol=1e-5)
+
+
+def test_dit_savings_refused_on_other_denoisers():
+    pipe = tiny_pipeline("pixart")
+    with pytest.raises(ValueError, match="DiTTransformer2DModel"):
+        optimize(pipe, scheduler="hb", dit_savings=True)
+    assert _untouched(pipe)
 
 
 def test_unet_cache_refused_and_unsupported_pipeline():
