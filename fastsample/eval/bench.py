@@ -64,8 +64,9 @@ CACHES = (None, "fora")
 @dataclass(frozen=True)
 class Recipe:
     """One row of the benchmark: ``scheduler`` (a key of :data:`SCHEDULERS`) for ``steps`` steps, guidance
-    ``"cfg"`` (the pipeline's own classifier-free guidance), ``"ag"`` (Adaptive Guidance) or ``"apg"``, and an
-    optional feature cache (``"fora"``, interval 2)."""
+    ``"cfg"`` (the pipeline's own classifier-free guidance), ``"ag"`` (Adaptive Guidance) or ``"apg"``, an
+    optional feature cache (``"fora"``, interval 2) and, with ``kernels``, fastsample's attention path
+    (``set_attention(pipe, "auto")``) and exact DiT savings (``enable_dit_savings``)."""
 
     name: str
     scheduler: str
@@ -73,6 +74,7 @@ class Recipe:
     guidance: str = "cfg"
     cache: str | None = None
     description: str = ""
+    kernels: bool = False
 
     def __post_init__(self) -> None:
         if self.scheduler not in SCHEDULERS:
@@ -99,6 +101,15 @@ DEFAULT_RECIPES: tuple[Recipe, ...] = (
     Recipe("ghvb-10-apg", "ghvb", _FEW, "apg", description="GHVB + APG"),
     Recipe("ghvb-10-fora", "ghvb", _FEW, cache="fora", description="GHVB + FORA cache (interval 2)"),
     Recipe("composed", "ghvb", _FEW, "ag", "fora", description="GHVB + Adaptive Guidance + FORA"),
+    Recipe(
+        "composed-kernels",
+        "ghvb",
+        _FEW,
+        "ag",
+        "fora",
+        description="GHVB + Adaptive Guidance + FORA + attention 'auto' + exact DiT savings",
+        kernels=True,
+    ),
 )
 QUICK_RECIPES: tuple[Recipe, ...] = (
     Recipe("quick-baseline", "dpm++2m", 4, description="diffusers DPM-Solver++ 2M, 4 steps, full CFG"),
@@ -152,6 +163,8 @@ def applied(recipe: Recipe, pipe: Any, base_config: Any) -> Iterator[Any]:
         scheduler=build_scheduler(recipe.scheduler, base_config),
         guidance=None if recipe.guidance == "cfg" else recipe.guidance,
         cache=None if recipe.cache is None else (recipe.cache, {"interval": 2, "profile_macs": False}),
+        attention="auto" if recipe.kernels else None,
+        dit_savings=recipe.kernels,
     ) as handle:
         yield handle.guidance, handle.cache
 
@@ -384,6 +397,7 @@ def run_bench(settings: BenchSettings, command: str = "") -> dict[str, Any]:
             "steps": recipe.steps,
             "guidance": recipe.guidance,
             "cache": recipe.cache or "-",
+            "kernels": "auto+dit" if recipe.kernels else "-",
             "latency_s": latency,
             "latency_ratio": latency / baseline_latency,
             "speedup": baseline_latency / latency,
