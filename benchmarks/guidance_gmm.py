@@ -94,7 +94,13 @@ def sample(method, mixture, noise, labels, steps: int, w: float) -> tuple[torch.
             evals += 1
         if plan == "full":
             u = mixture.predict(x, float(s / a), "epsilon")
-            evals += 1
+            mask = method.uncond_mask(ctx)  # as the hook re-packs: only these samples' uncond is evaluated
+            if mask is None:
+                evals += 1
+            else:
+                mask = torch.as_tensor(mask, dtype=torch.bool).reshape(-1, *([1] * (u.ndim - 1)))
+                u = torch.where(mask, u, c)
+                evals += float(mask.double().mean())
         g = method(c, u, ctx)
         x = sched.step(g.to(torch.float32), t, x.to(torch.float32)).prev_sample.double()
     t_last = int(sched.timesteps[-1]) - 1000 // steps
@@ -193,7 +199,7 @@ def main(argv=None) -> int:
     ]
     for r in rows:
         lines.append(
-            f"| {r['w']:g} | {r['method']} | {r['evals']} | {100 * r['saving']:.0f} % "
+            f"| {r['w']:g} | {r['method']} | {r['evals']:.4g} | {100 * r['saving']:.0f} % "
             f"| {r['dist_cfg']:.2e} | {r['disc_err']:.2e} | {r['acc']:.3f} | {r['fd']:.3f} | {r['norm']:.3f} "
             f"| {r['out']:.4f} |"
         )
