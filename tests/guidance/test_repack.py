@@ -79,7 +79,10 @@ class _RowCounter:
             lambda m, args: self.rows.append(args[0].shape[0])
         )
 
-    def close(self):
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
         self.handle.remove()
 
 
@@ -140,12 +143,8 @@ def test_repacking_with_scripted_switch_steps_equals_each_sample_alone(name):
     switch = [0, 2, 3, -1]
     b = len(switch)
     method = _ScriptedSwitch(switch)
-    counter = _RowCounter(pipe, name)
-    try:
-        with guide(pipe, method) as handle:
-            out = _run(pipe, _batch_kwargs(name, SEEDS))
-    finally:
-        counter.close()
+    with _RowCounter(pipe, name) as counter, guide(pipe, method) as handle:
+        out = _run(pipe, _batch_kwargs(name, SEEDS))
     steps = handle.last_stats["forward_calls"]
     expected = [b + int(method._guided(s).sum()) for s in range(steps)]
     assert counter.rows == expected and expected[0] < 2 * b
@@ -171,12 +170,8 @@ def test_repacked_adaptive_guidance_equals_each_sample_alone_and_counts_rows(nam
     assert threshold is not None, "fixture gives no threshold with staggered switch steps"
 
     method = AdaptiveGuidance(threshold=threshold)
-    counter = _RowCounter(pipe, name)
-    try:
-        with guide(pipe, method) as handle:
-            out = _run(pipe, _batch_kwargs(name, SEEDS))
-    finally:
-        counter.close()
+    with _RowCounter(pipe, name) as counter, guide(pipe, method) as handle:
+        out = _run(pipe, _batch_kwargs(name, SEEDS))
     switch = method.switch_steps.clone()  # step each sample switched at (−1: never)
     assert len(set(switch.tolist())) >= 2  # the batch really is mixed, so re-packing happened
 
@@ -201,25 +196,17 @@ def test_repacked_adaptive_guidance_equals_each_sample_alone_and_counts_rows(nam
 
     # and the same as the batch without re-packing (2B rows until the last sample switches)
     plain = AdaptiveGuidance(threshold=threshold, repack=False)
-    counter = _RowCounter(pipe, name)
-    try:
-        with guide(pipe, plain):
-            unpacked = _run(pipe, _batch_kwargs(name, SEEDS))
-    finally:
-        counter.close()
+    with _RowCounter(pipe, name) as counter, guide(pipe, plain):
+        unpacked = _run(pipe, _batch_kwargs(name, SEEDS))
     torch.testing.assert_close(out, unpacked, rtol=1e-4, atol=2e-6 * float(unpacked.abs().max()))
     assert torch.equal(plain.switch_steps, switch)
     assert sum(counter.rows) > sum(expected)
 
     # (c) state resets between calls: a second identical call re-packs from the start again
-    counter = _RowCounter(pipe, name)
-    try:
-        with guide(pipe, method):
-            again = _run(pipe, _batch_kwargs(name, SEEDS))
-            _run(pipe, {**_alone_kwargs(name, 0)})  # a call with another batch size in between
-            third = _run(pipe, _batch_kwargs(name, SEEDS))
-    finally:
-        counter.close()
+    with _RowCounter(pipe, name) as counter, guide(pipe, method):
+        again = _run(pipe, _batch_kwargs(name, SEEDS))
+        _run(pipe, {**_alone_kwargs(name, 0)})  # a call with another batch size in between
+        third = _run(pipe, _batch_kwargs(name, SEEDS))
     assert counter.rows[:steps] == expected and counter.rows[-steps:] == expected
     assert torch.equal(again, out) and torch.equal(third, out)
     assert torch.equal(method.switch_steps, switch)
