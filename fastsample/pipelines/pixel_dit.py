@@ -41,7 +41,8 @@ class PixelDiTPipeline(DiffusionPipeline):
         transformer: a ``DiTTransformer2DModel`` with ``in_channels=3`` and ``out_channels`` 3 (ε only) or 6
             (ε and a learned variance, as in the original DiT). Its ``num_embeds_ada_norm`` is the number of
             classes; the id ``num_embeds_ada_norm`` is the null ("unconditional") class.
-        scheduler: any diffusers-compatible scheduler (``set_timesteps``, ``scale_model_input``, ``step``).
+        scheduler: any diffusers-compatible scheduler (``set_timesteps``, ``step``; ``scale_model_input`` and
+            ``init_noise_sigma`` where it has them, as VP schedulers do and FlowMatch schedulers do not).
         class_names: optional human-readable names, one per class id (saved in ``model_index.json``).
     """
 
@@ -218,9 +219,9 @@ class PixelDiTPipeline(DiffusionPipeline):
                 got = tuple(latents.shape) if isinstance(latents, torch.Tensor) else type(latents).__name__
                 raise ValueError(f"latents: expected a tensor of shape {shape}, got {got}")
             latents = latents.to(device=device, dtype=dtype)
-        return (
-            latents * self.scheduler.init_noise_sigma
-        )  # a new tensor: the caller's latents are never mutated
+        # flow-matching schedulers (FlowMatchEulerDiscreteScheduler) start at unit variance and have no
+        # init_noise_sigma; a new tensor either way: the caller's latents are never mutated
+        return latents * getattr(self.scheduler, "init_noise_sigma", 1.0)
 
     def _extra_step_kwargs(self, generator: torch.Generator | list[torch.Generator] | None) -> dict[str, Any]:
         """Pass ``generator`` to stochastic schedulers whose ``step`` accepts it."""
@@ -324,7 +325,8 @@ class PixelDiTPipeline(DiffusionPipeline):
             latent_model_input = (
                 torch.cat([latents, latents]) if self.do_classifier_free_guidance else latents
             )
-            latent_model_input = self.scheduler.scale_model_input(latent_model_input, t)
+            if hasattr(self.scheduler, "scale_model_input"):  # flow-matching schedulers have none
+                latent_model_input = self.scheduler.scale_model_input(latent_model_input, t)
             timestep = t if torch.is_tensor(t) else torch.tensor(t, device=device)
             timestep = timestep.reshape(1).to(device).expand(latent_model_input.shape[0])
 

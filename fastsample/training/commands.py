@@ -30,7 +30,7 @@ def _positive_int(text: str) -> int:
 
 
 def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
-    from .trainer import TrainConfig
+    from .trainer import TRAIN_PREDICTION_TYPES, TrainConfig
 
     d = TrainConfig()
     parser.add_argument("--output-dir", default=d.output_dir, help="checkpoints and logs")
@@ -45,7 +45,10 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--logit-std", type=float, default=1.0)
     parser.add_argument("--mode-scale", type=float, default=1.29)
     parser.add_argument(
-        "--prediction-type", choices=("epsilon", "sample", "v_prediction"), default=d.prediction_type
+        "--prediction-type",
+        choices=TRAIN_PREDICTION_TYPES,
+        default=d.prediction_type,
+        help="flow = rectified flow (FlowMatch Euler schedule, target ε − x0)",
     )
     parser.add_argument(
         "--mixflow-gamma", type=float, default=None, help="MixFlow range γ in (0, 1] (experimental on VP)"

@@ -44,6 +44,7 @@ from ..zoo.default import DIT_CONFIG_FILE, DIT_WEIGHTS_FILE, SCHEDULER_CONFIG_FI
 from .objective import DiffusionObjective
 
 __all__ = [
+    "TRAIN_PREDICTION_TYPES",
     "TrainConfig",
     "build_model",
     "build_noise_scheduler",
@@ -59,6 +60,7 @@ WEIGHT_FILE = DIT_WEIGHTS_FILE  # the shipped layout, owned by fastsample.zoo.de
 CONFIG_FILE = DIT_CONFIG_FILE
 SCHEDULER_FILE = SCHEDULER_CONFIG_FILE
 _STATE_FILE = "trainer_state.json"
+TRAIN_PREDICTION_TYPES = ("epsilon", "sample", "v_prediction", "flow")
 
 
 @dataclass
@@ -80,8 +82,10 @@ class TrainConfig:
     gamma: float = 5.0
     sampler: str = "uniform"
     sampler_kwargs: dict[str, float] = field(default_factory=dict)
-    prediction_type: str = "epsilon"
-    mixflow_gamma: float | None = None  # MixFlow on the VP schedule: experimental
+    prediction_type: str = "epsilon"  # or "flow": rectified flow, FlowMatchEulerDiscreteScheduler (shift 1)
+    mixflow_gamma: float | None = (
+        None  # MixFlow (the paper's recipe on flow; experimental on the VP schedule)
+    )
     width: int = 128  # num_attention_heads × attention_head_dim
     head_dim: int = 32
     depth: int = 6
@@ -110,6 +114,10 @@ class TrainConfig:
             raise ValueError(f"label_dropout must lie in [0, 1), got {self.label_dropout}")
         if not self.lr > 0 or self.warmup_steps < 0:
             raise ValueError("lr must be > 0 and warmup_steps >= 0")
+        if self.prediction_type not in TRAIN_PREDICTION_TYPES:
+            raise ValueError(
+                f"prediction_type must be one of {TRAIN_PREDICTION_TYPES}, got {self.prediction_type!r}"
+            )
         if self.mixed_precision not in ("no", "bf16"):
             raise ValueError(f"mixed_precision must be 'no' or 'bf16', got {self.mixed_precision!r}")
         if not 0 < self.ema_decay < 1:
@@ -145,9 +153,12 @@ def disable_block_label_dropout(model: torch.nn.Module) -> None:
 
 
 def build_noise_scheduler(prediction_type: str = "epsilon") -> Any:
-    """DDPM linear betas 1e-4…0.02, 1000 steps (the training schedule)."""
-    from diffusers import DDPMScheduler
+    """DDPM linear betas 1e-4…0.02, 1000 steps (the training schedule); for ``"flow"`` the rectified-flow
+    interpolation ``x_s = (1 − s) x0 + s ε`` of ``FlowMatchEulerDiscreteScheduler`` (1000 steps, shift 1)."""
+    from diffusers import DDPMScheduler, FlowMatchEulerDiscreteScheduler
 
+    if prediction_type == "flow":
+        return FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=1.0)
     return DDPMScheduler(
         num_train_timesteps=1000,
         beta_schedule="linear",
@@ -159,9 +170,12 @@ def build_noise_scheduler(prediction_type: str = "epsilon") -> Any:
 
 
 def sampling_scheduler_config(prediction_type: str = "epsilon") -> dict[str, Any]:
-    """A DPM-Solver++(2M) config (as ``save_config`` writes it) with the training betas, to sample with."""
+    """A DPM-Solver++(2M) config (as ``save_config`` writes it) with the training betas, to sample with; for
+    ``"flow"`` the training FlowMatch Euler scheduler's own config."""
     from diffusers import DPMSolverMultistepScheduler
 
+    if prediction_type == "flow":
+        return json.loads(build_noise_scheduler("flow").to_json_string())
     scheduler = DPMSolverMultistepScheduler(
         num_train_timesteps=1000,
         beta_schedule="linear",

@@ -107,7 +107,7 @@ def test_label_dropout_is_done_once_per_sample(tmp_path):
     [
         ["--snr-gamma", "0"],
         ["--snr-gamma", "-2"],
-        ["--prediction-type", "flow"],
+        ["--prediction-type", "velocity"],
         ["--sampler", "nope"],
         ["--weighting", "p2"],
         ["--mixflow-gamma", "1.5"],
@@ -150,3 +150,41 @@ def test_two_cpu_processes_under_accelerate_launch(tmp_path):
     # One RNG-state file per process: both ranks ran and checkpointed together.
     assert (checkpoint / "random_states_0.pkl").exists() and (checkpoint / "random_states_1.pkl").exists()
     assert json.loads((checkpoint / "trainer_state.json").read_text())["step"] == 3
+
+
+def test_flow_matching_train_with_mixflow_exports_a_sampling_pipeline(tmp_path):
+    """``--prediction-type flow``: rectified-flow training (FlowMatch schedule, MixFlow on), exported with the
+    FlowMatch Euler config, and the export samples through PixelDiTPipeline."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    from fastsample.pipelines.pixel_dit import PixelDiTPipeline
+    from fastsample.training.trainer import build_noise_scheduler
+
+    out, export = tmp_path / "flow", tmp_path / "export"
+    extra = [
+        "--prediction-type",
+        "flow",
+        "--mixflow-gamma",
+        "0.4",
+        "--sampler",
+        "beta",
+        "--export",
+        str(export),
+    ]
+    assert run_train(out, 2, *extra) == 0
+    saved = json.loads((out / "train_config.json").read_text())
+    assert saved["prediction_type"] == "flow" and saved["mixflow_gamma"] == 0.4
+    config = json.loads((export / SCHEDULER_FILE).read_text())
+    assert config["_class_name"] == "FlowMatchEulerDiscreteScheduler"
+    public = {k: v for k, v in build_noise_scheduler("flow").config.items() if not k.startswith("_")}
+    assert {k: config[k] for k in public} == public
+    pipe = PixelDiTPipeline(load_dit(export), FlowMatchEulerDiscreteScheduler.from_config(config))
+    images = pipe([0, 1], num_inference_steps=2, generator=torch.Generator().manual_seed(0), output_type="pt")
+    assert torch.isfinite(images.images).all()
+
+
+def test_unknown_prediction_type_is_refused(tmp_path):
+    from fastsample.training.trainer import TrainConfig
+
+    with pytest.raises(ValueError, match="prediction_type must be one of"):
+        TrainConfig(output_dir=str(tmp_path), prediction_type="velocity").validate()
