@@ -212,10 +212,17 @@ def _attention_modules(model: torch.nn.Module) -> list[tuple[str, torch.nn.Modul
     ]
 
 
-def _triton_usable(device: torch.device) -> bool:
+def require_triton(model: torch.nn.Module, what: str) -> None:
+    """Refuse ``what`` unless triton is installed and ``model`` is on CUDA (or Triton's CPU interpreter,
+    ``TRITON_INTERPRET=1``, which is for tests, is on)."""
     if importlib.util.find_spec("triton") is None:
-        return False
-    return device.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1"
+        raise ImportError(f"{what} needs triton: pip install 'fastsample[triton]'")
+    device = next(model.parameters()).device
+    if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+        raise ValueError(
+            f"{what} needs a CUDA model (this one is on {device}); on CPU it only runs in Triton's "
+            "interpreter (TRITON_INTERPRET=1), which is for tests."
+        )
 
 
 def _auto_choice(model: torch.nn.Module) -> tuple[str, tuple[str, ...] | None]:
@@ -322,16 +329,7 @@ def set_attention(
     if backend == "xformers":
         _require_xformers()
     if backend == "triton":
-        if importlib.util.find_spec("triton") is None:
-            raise ImportError(
-                "set_attention(backend='triton') needs triton: pip install 'fastsample[triton]'"
-            )
-        device = next(model.parameters()).device
-        if not _triton_usable(device):
-            raise ValueError(
-                f"set_attention(backend='triton') needs a CUDA model (this one is on {device}); on CPU it "
-                "only runs in Triton's interpreter (TRITON_INTERPRET=1), which is for tests."
-            )
+        require_triton(model, "set_attention(backend='triton')")
     from diffusers.models.attention_processor import AttnProcessor2_0
 
     plan = []
@@ -384,10 +382,6 @@ def set_attention(
     except BaseException:
         handle.reset()
         raise
-    for name, module in modules:
-        if module.processor is (dict(handle._originals).get(module)):
-            handle.reset()
-            raise RuntimeError(f"set_attention: the processor of {name} did not change")
     logger.info(handle.describe())
     return handle
 

@@ -228,7 +228,7 @@ def enable_dit_savings(
     from diffusers import DiTTransformer2DModel
     from diffusers.models.normalization import AdaLayerNormZero
 
-    from fastsample.kernels.attention import _resolve_model
+    from fastsample.kernels.attention import _resolve_model, require_triton
 
     model = _resolve_model(pipe_or_model)
     if not isinstance(model, DiTTransformer2DModel):
@@ -247,14 +247,7 @@ def enable_dit_savings(
     if registry is not None and registry.get_hook(_HOOK) is not None:
         raise ValueError("enable_dit_savings: already enabled on this model; disable the first handle")
     if fused_modulate:
-        device = next(model.parameters()).device
-        import importlib.util
-        import os
-
-        if importlib.util.find_spec("triton") is None:
-            raise ImportError("fused_modulate needs triton: pip install 'fastsample[triton]'")
-        if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
-            raise ValueError(f"fused_modulate needs a CUDA model (this one is on {device})")
+        require_triton(model, "enable_dit_savings(fused_modulate=True)")
 
     group_of = _embedding_groups([n.emb for n in norms]) if shared_embedding else list(range(len(norms)))
     batch = _Batch(norms, group_of) if batched_adaln and len(norms) > 1 else None
