@@ -18,8 +18,9 @@ samples out (Adaptive Guidance after some samples switched), the batch is re-pac
 conditional rows plus the unconditional rows of the masked samples only, with every batched argument
 selected the same way, and the unmasked samples get u = c.
 Per-generation state is reset at the start of each ``pipe(...)`` through
-:mod:`fastsample.pipelines.call_scope`. The pipeline's guidance scale and CFG switch are read from the running
-``__call__`` (an attribute such as ``pipe._guidance_scale`` or the call's own argument) as the adapter says.
+:mod:`fastsample.pipelines.call_scope`, which also hands the hook the call's bound arguments: the pipeline's
+guidance scale and CFG switch come from them (or from an attribute such as ``pipe._guidance_scale``) as the
+adapter says. A denoiser called outside a pipeline call runs unguided.
 """
 
 from __future__ import annotations
@@ -27,7 +28,6 @@ from __future__ import annotations
 import contextlib
 import inspect
 import logging
-import sys
 from collections.abc import Iterator
 from typing import Any, Literal
 
@@ -50,17 +50,6 @@ WriteBack = Literal["auto", "both", "keep_cond"]
 class _NoState(BaseState):
     def reset(self, *args, **kwargs) -> None:
         pass
-
-
-def _call_locals(pipe: Any, names: tuple[str, ...]) -> dict[str, Any] | None:
-    """The named locals of the innermost running ``pipe.__call__`` frame, or ``None`` outside a call."""
-    frame = sys._getframe(1)
-    while frame is not None:
-        if frame.f_code.co_name == "__call__" and frame.f_locals.get("self") is pipe:
-            local = frame.f_locals
-            return {name: local[name] for name in names if name in local}
-        frame = frame.f_back
-    return None
 
 
 def _slice_batch(value: Any, full: int, index: slice | torch.Tensor) -> Any:
@@ -152,15 +141,15 @@ class GuidanceHook(ModelHook):
         self.method = method
         self.write_back = write_back
         self.cache_state = StateManager(_NoState)  # receives diffusers' cache_context name (Flux)
-        self._names = (adapter.guidance_scale_arg, "do_true_cfg")
         self._signature: inspect.Signature | None = None
         self.last_stats: dict[str, int] = {}
         self.reset_call()
 
     # ------------------------------------------------------------------ per-call state
-    def reset_call(self) -> None:
+    def reset_call(self, call_args: dict[str, Any] | None = None) -> None:
+        """Start of a pipeline call (``call_args``: its bound arguments) or, without arguments, idle."""
         self.method.reset()
-        self._locals: dict[str, Any] | None = None
+        self._call_args = call_args
         self._full_batch: int | None = None
         self._pending: dict[str, Any] | None = None
         self.step = 0
@@ -168,7 +157,7 @@ class GuidanceHook(ModelHook):
 
     def end_call(self) -> None:
         self.last_stats = dict(self.stats)
-        self._locals = None
+        self._call_args = None
         self._pending = None
 
     def reset_state(self, module: torch.nn.Module) -> torch.nn.Module:
@@ -189,7 +178,7 @@ class GuidanceHook(ModelHook):
         return bound[first], bound.get("timestep")
 
     def _pipeline_scale(self) -> float:
-        scale = self.adapter.guidance_scale(self.pipe, self._locals)
+        scale = self.adapter.guidance_scale(self.pipe, self._call_args)
         if scale is None:
             raise RuntimeError(
                 f"fastsample guidance: cannot find the guidance scale of {type(self.pipe).__name__}."
@@ -250,9 +239,7 @@ class GuidanceHook(ModelHook):
     # ------------------------------------------------------------------ the forward
     def new_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
         self.stats["forward_calls"] += 1
-        if self._locals is None:
-            self._locals = _call_locals(self.pipe, self._names)
-        if self._locals is None or not self.adapter.cfg_active(self.pipe, self._locals):
+        if self._call_args is None or not self.adapter.cfg_active(self.pipe, self._call_args):
             return self._run(args, kwargs)
         if self.adapter.cfg_layout == "separate_calls":
             return self._separate_calls(module, args, kwargs)
@@ -436,7 +423,7 @@ def enable_guidance(pipe: Any, method: GuidanceMethod, write_back: WriteBack = "
     had_registry = hasattr(module, "_diffusers_hook")
     hook = GuidanceHook(pipe, adapter, method, write_back)
     HookRegistry.check_if_exists_or_initialize(module).register_hook(hook, HOOK_NAME)
-    on_call(pipe, _CALL_KEY, hook.reset_call, hook.end_call)
+    on_call(pipe, _CALL_KEY, hook.reset_call, hook.end_call, with_arguments=True)
     return GuidanceHandle(pipe, hook, module, had_forward, had_registry)
 
 

@@ -16,7 +16,11 @@ hard-coding them (architecture.md, "One table of pipeline facts"; guidance.md §
   (SD3 passes ``1000 s``, Flux passes ``s``).
 - ``guidance_scale_attr`` / ``guidance_scale_arg``: where the pipeline keeps its guidance scale: an attribute
   set during ``__call__`` (``pipe._guidance_scale``) or only the ``__call__`` argument (DiT, PixArt,
-  Flux ``true_cfg_scale``).
+  Flux ``true_cfg_scale``), read from the call's bound arguments
+  (:func:`fastsample.pipelines.call_scope.on_call` with ``with_arguments=True``).
+- ``true_cfg_rule``: for ``"separate_calls"`` pipelines, whether a call with these arguments runs the
+  unconditional pass (the pipeline's own rule, restated: Flux needs ``true_cfg_scale > 1`` and a negative
+  prompt or negative embeddings).
 - ``opens_cache_context``: whether the pipeline wraps its denoiser calls in ``denoiser.cache_context(name)``.
 
 Pipelines are keyed by class *name* and looked up along the MRO, so a pipeline defined elsewhere
@@ -25,6 +29,7 @@ Pipelines are keyed by class *name* and looked up along the MRO, so a pipeline d
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -49,6 +54,7 @@ class PipelineAdapter:
     guidance_scale_attr: str | None = None
     guidance_scale_arg: str = "guidance_scale"
     opens_cache_context: bool = False
+    true_cfg_rule: Callable[[dict[str, Any]], bool] | None = None
 
     # ------------------------------------------------------------------ pipeline-level facts
     def denoiser(self, pipe: Any) -> torch.nn.Module:
@@ -81,22 +87,25 @@ class PipelineAdapter:
         out_channels = getattr(config, "out_channels", None) or in_channels
         return in_channels if out_channels == 2 * in_channels else None
 
-    def guidance_scale(self, pipe: Any, call_locals: dict[str, Any] | None) -> float | None:
-        """The scale the running pipeline call combines with (``None`` when it cannot be found)."""
+    def guidance_scale(self, pipe: Any, call_args: dict[str, Any] | None) -> float | None:
+        """The scale the running pipeline call combines with, from the pipeline's attribute or the call's
+        bound arguments ``call_args`` (``None`` when it cannot be found)."""
         if self.guidance_scale_attr is not None and hasattr(pipe, self.guidance_scale_attr):
             return float(getattr(pipe, self.guidance_scale_attr))
-        if call_locals is not None and self.guidance_scale_arg in call_locals:
-            return float(call_locals[self.guidance_scale_arg])
+        if call_args is not None and call_args.get(self.guidance_scale_arg) is not None:
+            return float(call_args[self.guidance_scale_arg])
         return None
 
-    def cfg_active(self, pipe: Any, call_locals: dict[str, Any] | None) -> bool:
-        """Whether the running call evaluates both the conditional and the unconditional pass."""
+    def cfg_active(self, pipe: Any, call_args: dict[str, Any] | None) -> bool:
+        """Whether the running call (bound arguments ``call_args``) evaluates both the conditional and the
+        unconditional pass."""
         if self.cfg_layout == "separate_calls":
-            return bool(call_locals is not None and call_locals.get("do_true_cfg", False))
+            rule = self.true_cfg_rule
+            return bool(call_args is not None and rule is not None and rule(call_args))
         flag = getattr(pipe, "do_classifier_free_guidance", None)
         if isinstance(flag, bool):
             return flag
-        scale = self.guidance_scale(pipe, call_locals)
+        scale = self.guidance_scale(pipe, call_args)
         return scale is not None and scale > 1.0
 
     # ------------------------------------------------------------------ noise-level facts
@@ -121,6 +130,15 @@ class PipelineAdapter:
         rho = lr.exp()
         alpha = 1.0 / torch.sqrt(1.0 + rho**2)
         return alpha, rho * alpha
+
+
+def _flux_true_cfg(args: dict[str, Any]) -> bool:
+    """diffusers ``FluxPipeline.__call__``: ``do_true_cfg = true_cfg_scale > 1 and has_neg_prompt``."""
+    has_negative = args.get("negative_prompt") is not None or (
+        args.get("negative_prompt_embeds") is not None
+        and args.get("negative_pooled_prompt_embeds") is not None
+    )
+    return float(args.get("true_cfg_scale", 1.0)) > 1.0 and has_negative
 
 
 def training_log_rho(scheduler: Any) -> torch.Tensor:
@@ -191,6 +209,7 @@ ADAPTERS: dict[str, PipelineAdapter] = {
             flow_time_scale=1.0,
             guidance_scale_arg="true_cfg_scale",
             opens_cache_context=True,
+            true_cfg_rule=_flux_true_cfg,
         ),
     )
 }

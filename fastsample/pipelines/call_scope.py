@@ -6,10 +6,15 @@ looks special methods up on the type, so an instance attribute ``pipe.__call__``
 ``pipe(...)``; instead the pipeline instance is given a thin subclass of its own class (same name, same
 module) whose ``__call__`` runs the registered callbacks around the original call. When the last callback is
 removed, the instance gets its original class back, so ``disable`` restores the pipeline exactly.
+
+A callback registered with ``with_arguments=True`` receives the call's arguments bound to the pipeline's
+``__call__`` signature with its defaults applied (``{"guidance_scale": 4.0, ...}``), so hooks read what the
+user passed instead of the running frame's locals.
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -17,15 +22,36 @@ _REGISTRY_ATTR = "_fastsample_call_callbacks"
 _ORIGINAL_CLASS_ATTR = "_fastsample_original_class"
 
 
+def _bound_arguments(cls: type, pipe: Any, args: tuple, kwargs: dict) -> dict[str, Any]:
+    """``cls.__call__``'s arguments (without ``self``) with defaults applied; ``**kwargs`` entries are
+    flattened in."""
+    bound = inspect.signature(cls.__call__).bind(pipe, *args, **kwargs)
+    bound.apply_defaults()
+    params = inspect.signature(cls.__call__).parameters
+    out: dict[str, Any] = {}
+    for name, value in list(bound.arguments.items())[1:]:
+        if params[name].kind is inspect.Parameter.VAR_KEYWORD:
+            out.update(value)
+        else:
+            out[name] = value
+    return out
+
+
 def _scoped_subclass(cls: type) -> type:
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         callbacks = list(getattr(self, _REGISTRY_ATTR).values())
-        for start, _ in callbacks:
-            start()
+        arguments = None
+        if any(with_arguments for _, _, with_arguments in callbacks):
+            arguments = _bound_arguments(cls, self, args, kwargs)  # a bad call raises here, as it would
+        for start, _, with_arguments in callbacks:
+            if with_arguments:
+                start(dict(arguments))
+            else:
+                start()
         try:
             return cls.__call__(self, *args, **kwargs)
         finally:
-            for _, end in reversed(callbacks):
+            for _, end, _ in reversed(callbacks):
                 if end is not None:
                     end()
 
@@ -33,8 +59,18 @@ def _scoped_subclass(cls: type) -> type:
     return type(cls.__name__, (cls,), namespace)
 
 
-def on_call(pipe: Any, key: str, start: Callable[[], None], end: Callable[[], None] | None = None) -> None:
+def on_call(
+    pipe: Any,
+    key: str,
+    start: Callable[..., None],
+    end: Callable[[], None] | None = None,
+    *,
+    with_arguments: bool = False,
+) -> None:
     """Run ``start()`` before and ``end()`` after every ``pipe(...)`` call, under the name ``key``.
+
+    With ``with_arguments=True``, ``start`` is called as ``start(arguments)`` with the call's bound
+    arguments (module docstring); each callback gets its own copy of the dict.
 
     Registering an existing ``key`` again replaces its callbacks. Callbacks run in registration order at the
     start and in reverse order at the end (``end`` runs even when the call raises).
@@ -48,7 +84,7 @@ def on_call(pipe: Any, key: str, start: Callable[[], None], end: Callable[[], No
         pipe.__dict__[_REGISTRY_ATTR] = registry
         pipe.__dict__[_ORIGINAL_CLASS_ATTR] = original
         pipe.__class__ = _scoped_subclass(original)
-    registry[key] = (start, end)
+    registry[key] = (start, end, with_arguments)
 
 
 def remove_call_hook(pipe: Any, key: str) -> None:

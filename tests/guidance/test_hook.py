@@ -215,3 +215,33 @@ def test_pixel_dit_with_fastsample_and_learned_variance_schedulers(scheduler):
     with guide(pipe, CFG(guidance_scale=1.0)):
         torch.testing.assert_close(run(4.0), cond_only, rtol=1e-4, atol=1e-4)
     assert (ref - cond_only).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("negative", ["prompt", "none"])
+def test_flux_true_cfg_rule_matches_the_pipeline(negative):
+    """The adapter's restated Flux rule (true CFG needs scale > 1 *and* a negative prompt), fed with the
+    call's bound arguments, agrees with what the pipeline does: without a negative prompt Flux runs one pass
+    per step and the hook stays passive; with one, AG (switching at once) really drops passes."""
+
+    def kwargs():
+        kw = call_kwargs("flux", num_inference_steps=2, output_type="latent", true_cfg_scale=3.0)
+        if negative == "none":
+            del kw["negative_prompt"]
+        return kw
+
+    pipe = _pipe("flux")
+    counter = _Counter(pipe, "flux")
+    try:
+        ref = pipe(**kwargs()).images
+        plain_calls = len(counter.batches)
+        with guide(pipe, AdaptiveGuidance(threshold=1e-6)) as handle:
+            out = pipe(**kwargs()).images
+        stats = handle.hook.last_stats
+    finally:
+        counter.close()
+    if negative == "prompt":
+        assert plain_calls == 4  # the pipeline's own decision: cond + uncond at each of 2 steps
+        assert stats["model_calls"] < plain_calls
+    else:
+        assert plain_calls == 2
+        assert stats["model_calls"] == 2 and torch.equal(out, ref)

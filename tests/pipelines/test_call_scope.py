@@ -47,3 +47,31 @@ def test_removing_the_last_hook_restores_the_original_class_and_dict():
 def test_bad_callbacks_are_refused():
     with pytest.raises(TypeError, match="start"):
         on_call(Pipe(), "a", None)
+
+
+def test_with_arguments_receives_the_bound_call_with_defaults():
+    class KwPipe(Pipe):
+        def __call__(self, x, fail=False, scale=4.0, **extra):
+            return super().__call__(x, fail)
+
+    pipe = KwPipe()
+    seen = []
+    on_call(pipe, "a", seen.append, with_arguments=True)
+    on_call(pipe, "b", lambda: pipe.log.append("b+"))
+    on_call(pipe, "c", lambda args: args.clear(), with_arguments=True)  # mutates its own copy only
+    pipe(3, scale=7.5, other="o")
+    pipe(5)
+    assert seen == [
+        {"x": 3, "fail": False, "scale": 7.5, "other": "o"},
+        {"x": 5, "fail": False, "scale": 4.0},
+    ]
+    assert pipe.log.count("b+") == 2
+
+
+def test_with_arguments_refuses_a_bad_call_before_any_callback():
+    pipe = Pipe()
+    seen = []
+    on_call(pipe, "a", seen.append, with_arguments=True)
+    with pytest.raises(TypeError):
+        pipe(1, unknown=2)
+    assert seen == []
