@@ -6,8 +6,10 @@ weights at real size are valid for latency (the compute pattern does not depend 
 embedding is copied into every block, as in converted DiT checkpoints, so the shared embedding applies.
 
 CUDA (default there): bf16, CUDA events, batch 1 and 8, eager and ``torch.compile``; per-op rows time each
-Triton kernel against its pure-torch reference (eager and compiled). CPU: fp32, no compile unless asked,
-per-op Triton rows skipped (the interpreter is not a speed reference)::
+Triton kernel against its pure-torch reference (eager and compiled), and Flux's fused QK RMSNorm + RoPE
+prologue against diffusers' own ops at FLUX.1 1024² shapes; the DiT step rows include the fused adaLN
+modulate and gated residual. CPU: fp32, no compile unless asked, Triton rows skipped (the interpreter is not
+a speed reference)::
 
     OMP_WAIT_POLICY=PASSIVE nice -n 10 python benchmarks/kernels_speed.py --models dit-b2-256 --batch 1 \\
         --threads 1 --repeats 10
@@ -44,15 +46,20 @@ def configs(family: str, cuda: bool) -> list[tuple[str, dict]]:
             ("savings: shared + batched", {"savings": dict(shared_embedding=True, batched_adaln=True)}),
         ]
         if cuda:
-            rows.append(
+            alone = dict(shared_embedding=False, batched_adaln=False)
+            rows += [
+                ("fused adaLN modulate (triton)", {"savings": dict(alone, fused_modulate=True)}),
+                ("fused gated residual (triton)", {"savings": dict(alone, fused_gated_residual=True)}),
                 (
-                    "fused adaLN modulate (triton)",
-                    {"savings": dict(shared_embedding=False, batched_adaln=False, fused_modulate=True)},
-                )
-            )
+                    "fused modulate + gated residual (triton)",
+                    {"savings": dict(alone, fused_modulate=True, fused_gated_residual=True)},
+                ),
+            ]
         everything = {
             "attention": ("triton" if cuda else "sdpa", None),
-            "savings": dict(shared_embedding=True, batched_adaln=True, fused_modulate=cuda),
+            "savings": dict(
+                shared_embedding=True, batched_adaln=True, fused_modulate=cuda, fused_gated_residual=cuda
+            ),
         }
         rows.append(("all together", everything))
     return rows
@@ -123,6 +130,67 @@ def op_rows(device, dtype, repeats: int, compile_: bool) -> list[str]:
     return rows
 
 
+FLUX_1024 = dict(heads=24, head_dim=128, image_tokens=4096, text_tokens=512)  # FLUX.1-dev at 1024², batch 1
+
+
+def flux_prologue_rows(device, dtype, repeats: int, compile_: bool, shape: dict = FLUX_1024) -> list[str]:
+    """Flux's query (or key) prologue: diffusers' ops (``norm_q``, ``norm_added_q``, ``torch.cat``,
+    ``apply_rotary_emb``; a single-stream block has one norm and no cat) vs fastsample's fused one
+    (``_fused_qk_prologue``: one ``qk_rmsnorm_rope`` call per part, written into the concatenation)."""
+    from diffusers.models.embeddings import apply_rotary_emb
+
+    from fastsample.eval.latency import compare_latency
+    from fastsample.kernels.attention import _fused_qk_prologue
+
+    heads, dh, n_img, n_txt = (shape[k] for k in ("heads", "head_dim", "image_tokens", "text_tokens"))
+    norm, text_norm = (torch.nn.RMSNorm(dh, eps=1e-6).to(device, dtype) for _ in range(2))
+    x = torch.randn(1, n_img, heads, dh, device=device, dtype=dtype)
+    ctx = torch.randn(1, n_txt, heads, dh, device=device, dtype=dtype)
+    single = torch.randn(1, n_txt + n_img, heads, dh, device=device, dtype=dtype)
+    rope = (torch.randn(n_txt + n_img, dh, device=device), torch.randn(n_txt + n_img, dh, device=device))
+
+    def stock_double(x, ctx):
+        return apply_rotary_emb(torch.cat([text_norm(ctx), norm(x)], dim=1), rope, sequence_dim=1)
+
+    def stock_single(x):
+        return apply_rotary_emb(norm(x), rope, sequence_dim=1)
+
+    cases = {
+        "Flux QK RMSNorm+RoPE, double-stream block (text + image)": (
+            stock_double,
+            lambda x, ctx: _fused_qk_prologue(x, ctx, norm, text_norm, rope, heads_major=False),
+            (x, ctx),
+        ),
+        "Flux QK RMSNorm+RoPE, single-stream block": (
+            stock_single,
+            lambda x: _fused_qk_prologue(x, None, norm, None, rope, heads_major=False),
+            (single,),
+        ),
+    }
+    tag = f"FLUX.1 {n_txt}+{n_img} tokens, {heads}x{dh}"
+    rows = []
+    for label, (ref, fused, args) in cases.items():
+        if compile_:
+            ref = torch.compile(ref)
+
+        def run_ref(r=ref, a=args):
+            with torch.no_grad():
+                return r(*a)
+
+        def run_fused(f=fused, a=args):
+            with torch.no_grad():
+                return f(*a)
+
+        with torch.no_grad():
+            err = (run_ref().float() - run_fused().float()).abs().max().item()
+        cmp = compare_latency(run_ref, run_fused, warmup=5, repeats=repeats, device=device)
+        rows.append(
+            f"| {tag} | {label} (max abs diff {err:.1e}) | {'on' if compile_ else 'off'} "
+            f"| {1e6 * cmp.baseline.median_s:.1f} | {1e6 * cmp.candidate.median_s:.1f} | {cmp.speedup:.2f}x |"
+        )
+    return rows
+
+
 def count_ops(model: torch.nn.Module, kwargs: dict) -> int:
     """aten operator calls (≈ kernel launches on a GPU) of one forward, counted by a dispatch mode."""
     from torch.utils._python_dispatch import TorchDispatchMode
@@ -185,6 +253,8 @@ def main(argv: list[str] | None = None) -> int:
         print("\n| shapes | op | compile | reference µs | triton µs | speed-up |\n|---|---|---|---|---|---|")
         for c in compiles:
             for row in op_rows(device, dtype, repeats, c == "on"):
+                print(row, flush=True)
+            for row in flux_prologue_rows(device, dtype, repeats, c == "on"):
                 print(row, flush=True)
     elif not args.no_ops:
         print("# per-op Triton rows skipped: no CUDA device (the interpreter is not a speed reference)")

@@ -10,7 +10,10 @@ processors instead and checks that every attention module now runs the requested
 - other legacy processors (SD3's joint attention, ...) are wrapped in :class:`SDPAKernelProcessor`, which
   runs them under ``torch.nn.attention.sdpa_kernel`` (``"sdpa"`` only);
 - dispatcher processors are shallow-copied with their ``_attention_backend`` set (the originals are not
-  touched; diffusers' global active backend is not changed).
+  touched; diffusers' global active backend is not changed);
+- Flux's ``FluxAttnProcessor`` gets :class:`FastsampleFluxAttnProcessor` for ``"triton"`` (Triton attention
+  core) or whenever ``fused_prologue`` is on: its QK RMSNorm + RoPE prologue then runs as one Triton kernel
+  per tensor (:func:`fastsample.kernels.triton_ops.qk_rmsnorm_rope`).
 
 The previous processor objects are put back by :meth:`AttentionHandle.reset`.
 """
@@ -28,6 +31,8 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+
+from fastsample.pipelines.adapters import find_denoiser
 
 logger = logging.getLogger(__name__)
 
@@ -89,11 +94,21 @@ def _xformers_core(q, k, v, mask):
     return out.transpose(1, 2)
 
 
+def records_grad(*tensors: torch.Tensor) -> bool:
+    """True while autograd records a graph through any of ``tensors``. fastsample's Triton kernels have no
+    backward, so their callers then run the stock computation instead (training stays correct)."""
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+
+
 def _triton_core(q, k, v, mask):
-    """Triton flash attention; masks other than a per-key additive bias fall back to SDPA (documented)."""
+    """Triton flash attention; masks other than a per-key additive bias, and calls under autograd, fall back
+    to SDPA (documented)."""
     from fastsample.kernels import triton_ops
 
-    if mask is not None and (mask.dtype == torch.bool or mask.dim() != 4 or mask.shape[2] != 1):
+    unsupported_mask = mask is not None and (
+        mask.dtype == torch.bool or mask.dim() != 4 or mask.shape[2] != 1
+    )
+    if unsupported_mask or records_grad(q, k, v):
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
     return triton_ops.attention(q, k, v, mask)
 
@@ -162,6 +177,175 @@ class FastsampleAttnProcessor:
         return f"FastsampleAttnProcessor({self.label})"
 
 
+def _rms_norm_parameters(norm: torch.nn.RMSNorm, x: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """``torch.nn.RMSNorm``'s weight (ones without affine) and eps (``finfo(x.dtype).eps`` when ``None``)."""
+    weight = (
+        norm.weight if norm.weight is not None else torch.ones(x.shape[-1], dtype=x.dtype, device=x.device)
+    )
+    return weight, norm.eps if norm.eps is not None else torch.finfo(x.dtype).eps
+
+
+def _fused_qk_prologue(
+    x: torch.Tensor,
+    context: torch.Tensor | None,
+    norm: torch.nn.RMSNorm,
+    context_norm: torch.nn.RMSNorm | None,
+    rope: tuple[torch.Tensor, torch.Tensor],
+    heads_major: bool,
+) -> torch.Tensor:
+    """Flux's query (or key) prologue, ``RoPE(cat([context_norm(context), norm(x)], dim=1))`` on
+    ``[B, S, H, Dh]``, as one :func:`~fastsample.kernels.triton_ops.qk_rmsnorm_rope` call per part, each
+    writing its slice of the concatenation. With ``heads_major`` the result is a ``[B, S, H, Dh]`` view of a
+    contiguous ``[B, H, S, Dh]`` tensor (the layout an attention core on ``[B, H, S, Dh]`` reads)."""
+    from fastsample.kernels import triton_ops
+
+    cos, sin = (t.to(x.device) for t in rope)
+    n_ctx = 0 if context is None else context.shape[1]
+    batch, n_x, heads, head_dim = x.shape
+    if heads_major:
+        out = torch.empty(batch, heads, n_ctx + n_x, head_dim, dtype=x.dtype, device=x.device).transpose(1, 2)
+    else:
+        out = torch.empty(batch, n_ctx + n_x, heads, head_dim, dtype=x.dtype, device=x.device)
+    parts = [(x, norm, n_ctx, n_ctx + n_x)]
+    if context is not None:
+        parts.insert(0, (context, context_norm, 0, n_ctx))
+    for part, part_norm, lo, hi in parts:
+        weight, eps = _rms_norm_parameters(part_norm, part)
+        triton_ops.qk_rmsnorm_rope(
+            part, weight, cos[lo:hi], sin[lo:hi], eps=eps, sequence_dim=1, out=out[:, lo:hi]
+        )
+    return out
+
+
+class FastsampleFluxAttnProcessor:
+    """diffusers 0.42.1 ``FluxAttnProcessor`` with two parts replaceable.
+
+    - ``fused_prologue``: q/k RMSNorm (``norm_q``/``norm_k``, and ``norm_added_q``/``norm_added_k`` for the
+      text tokens of double-stream blocks), the text/image concatenation and RoPE (``apply_rotary_emb``,
+      ``use_real=True``, ``use_real_unbind_dim=-1``: interleaved pairs) are one Triton kernel per tensor part
+      (:func:`_fused_qk_prologue`). The stock norm + RoPE run instead while autograd records (the kernel has
+      no backward) or when the call has no ``image_rotary_emb``.
+    - ``core``: ``None`` calls diffusers' ``dispatch_attention_fn`` with ``_attention_backend``; otherwise
+      ``core(q, k, v, mask)`` on ``[B, H, S, Dh]`` (the Triton core; the prologue then writes q and k in
+      that layout directly).
+    """
+
+    _attention_backend = None
+    _parallel_config = None
+
+    def __init__(self, core: Callable[..., torch.Tensor] | None, fused_prologue: bool, label: str) -> None:
+        self.core = core
+        self.fused_prologue = fused_prologue
+        self.label = label
+
+    def __call__(
+        self,
+        attn: Any,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        image_rotary_emb: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        from diffusers.models.attention_dispatch import dispatch_attention_fn
+        from diffusers.models.embeddings import apply_rotary_emb
+        from diffusers.models.transformers.transformer_flux import _get_qkv_projections
+
+        query, key, value, encoder_query, encoder_key, encoder_value = _get_qkv_projections(
+            attn, hidden_states, encoder_hidden_states
+        )
+        query, key, value = (t.unflatten(-1, (-1, attn.head_dim)) for t in (query, key, value))
+        joint = attn.added_kv_proj_dim is not None
+        if joint:
+            encoder_query, encoder_key, encoder_value = (
+                t.unflatten(-1, (-1, attn.head_dim)) for t in (encoder_query, encoder_key, encoder_value)
+            )
+        if self.fused_prologue and image_rotary_emb is not None and not records_grad(query, key):
+            heads_major = self.core is not None
+            query = _fused_qk_prologue(
+                query,
+                encoder_query if joint else None,
+                attn.norm_q,
+                attn.norm_added_q if joint else None,
+                image_rotary_emb,
+                heads_major,
+            )
+            key = _fused_qk_prologue(
+                key,
+                encoder_key if joint else None,
+                attn.norm_k,
+                attn.norm_added_k if joint else None,
+                image_rotary_emb,
+                heads_major,
+            )
+            if joint:
+                value = torch.cat([encoder_value, value], dim=1)
+        else:
+            query, key = attn.norm_q(query), attn.norm_k(key)
+            if joint:
+                query = torch.cat([attn.norm_added_q(encoder_query), query], dim=1)
+                key = torch.cat([attn.norm_added_k(encoder_key), key], dim=1)
+                value = torch.cat([encoder_value, value], dim=1)
+            if image_rotary_emb is not None:
+                query = apply_rotary_emb(query, image_rotary_emb, sequence_dim=1)
+                key = apply_rotary_emb(key, image_rotary_emb, sequence_dim=1)
+        if self.core is None:
+            hidden_states = dispatch_attention_fn(
+                query,
+                key,
+                value,
+                attn_mask=attention_mask,
+                backend=self._attention_backend,
+                parallel_config=self._parallel_config,
+            )
+        else:
+            q, k, v = (t.transpose(1, 2) for t in (query, key, value))
+            hidden_states = self.core(q, k, v, attention_mask).transpose(1, 2)
+        hidden_states = hidden_states.flatten(2, 3).to(query.dtype)
+        if encoder_hidden_states is None:
+            return hidden_states
+        n_ctx = encoder_hidden_states.shape[1]
+        encoder_hidden_states, hidden_states = hidden_states.split_with_sizes(
+            [n_ctx, hidden_states.shape[1] - n_ctx], dim=1
+        )
+        hidden_states = attn.to_out[1](attn.to_out[0](hidden_states.contiguous()))
+        return hidden_states, attn.to_add_out(encoder_hidden_states.contiguous())
+
+    def __repr__(self) -> str:
+        return f"FastsampleFluxAttnProcessor({self.label}, fused_prologue={self.fused_prologue})"
+
+
+def _check_flux_module(name: str, module: torch.nn.Module, proc: Any, fused_prologue: bool) -> None:
+    """Refuse a ``FluxAttention`` that :class:`FastsampleFluxAttnProcessor` would not compute exactly."""
+    if getattr(proc, "_parallel_config", None) is not None:
+        raise ValueError(
+            f"set_attention: {name} runs context parallelism (_parallel_config); the Triton paths do not "
+            "implement it. Use backend='sdpa' with fused_prologue=False."
+        )
+    if not fused_prologue:
+        return
+    norms = ["norm_q", "norm_k"] + (["norm_added_q", "norm_added_k"] if module.added_kv_proj_dim else [])
+    odd = [n for n in norms if type(getattr(module, n, None)) is not torch.nn.RMSNorm]
+    if odd or module.head_dim % 2:
+        raise ValueError(
+            f"set_attention(fused_prologue=True): {name} needs torch.nn.RMSNorm q/k norms and an even head "
+            f"dimension (got {', '.join(f'{n}={type(getattr(module, n, None)).__name__}' for n in odd)} "
+            f"head_dim={module.head_dim})."
+        )
+
+
+def _dispatcher_backend(backend: str):
+    """diffusers' dispatcher backend for ``"xformers"`` (requirements checked) or ``"sdpa"`` (native)."""
+    from diffusers.models.attention_dispatch import (
+        AttentionBackendName,
+        _check_attention_backend_requirements,
+    )
+
+    if backend == "xformers":
+        _check_attention_backend_requirements(AttentionBackendName.XFORMERS)
+        return AttentionBackendName.XFORMERS
+    return AttentionBackendName.NATIVE
+
+
 class SDPAKernelProcessor:
     """Runs another processor under ``sdpa_kernel(kernels)`` (for processors that call SDPA themselves)."""
 
@@ -186,19 +370,6 @@ class SDPAKernelProcessor:
 # ------------------------------------------------------------------------------------------------------
 # selection
 # ------------------------------------------------------------------------------------------------------
-
-
-def _resolve_model(target: Any) -> torch.nn.Module:
-    if isinstance(target, torch.nn.Module):
-        return target
-    for attr in ("transformer", "unet"):
-        model = getattr(target, attr, None)
-        if isinstance(model, torch.nn.Module):
-            return model
-    raise TypeError(
-        f"set_attention expects a diffusers pipeline (with .transformer or .unet) or a model, got "
-        f"{type(target).__name__}."
-    )
 
 
 def _attention_modules(model: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
@@ -283,7 +454,10 @@ class AttentionHandle:
 
 
 def set_attention(
-    pipe_or_model: Any, backend: str = "auto", kernels: Sequence[str] | None = None
+    pipe_or_model: Any,
+    backend: str = "auto",
+    kernels: Sequence[str] | None = None,
+    fused_prologue: bool | None = None,
 ) -> AttentionHandle:
     """Choose the attention path of every attention module of a pipeline's denoiser (or of a model).
 
@@ -292,10 +466,17 @@ def set_attention(
         backend: ``"sdpa"`` (``F.scaled_dot_product_attention``), ``"xformers"`` (needs ``xformers``
             installed; ``memory_efficient_attention``), ``"triton"`` (fastsample's flash-style Triton kernel,
             :func:`fastsample.kernels.triton_ops.attention`; CUDA, or CPU under ``TRITON_INTERPRET=1``;
-            only ``AttnProcessor2_0`` models: DiT, PixArt, SD UNets; masks other than a per-key additive
-            bias fall back to SDPA) or ``"auto"`` (SDPA with torch's kernel priority, see ``_auto_choice``).
+            ``AttnProcessor2_0`` models (DiT, PixArt, SD UNets) and Flux's ``FluxAttnProcessor``; masks
+            other than a per-key additive bias, and calls under autograd, fall back to SDPA) or ``"auto"``
+            (SDPA with torch's kernel priority, see ``_auto_choice``).
         kernels: with ``"sdpa"`` only, a subset of ``("flash", "efficient", "cudnn", "math")`` passed to
             ``torch.nn.attention.sdpa_kernel``; ``None`` lets torch choose.
+        fused_prologue: Flux's q/k RMSNorm + RoPE as one Triton kernel per tensor
+            (:class:`FastsampleFluxAttnProcessor`; needs Triton like ``"triton"``). ``None`` (default): on for
+            ``"triton"``, off otherwise; ``True`` combines it with ``"sdpa"``/``"xformers"`` attention and
+            raises if the model has no ``FluxAttnProcessor``. SD3 (``JointAttnProcessor2_0``) is not
+            covered: it has QK RMSNorm (``qk_norm="rms_norm"``) but no RoPE, so there is no norm + RoPE
+            pair to fuse and its norm stays diffusers' own.
 
     Head dimension 72 (DiT-XL/2, PixArt): SDPA's flash and efficient kernels accept it (multiple of 8);
     the Triton kernel pads it to 128 with masked lanes; if a restricted ``kernels`` list supports none of
@@ -314,7 +495,7 @@ def set_attention(
         bad = [k for k in kernels if k not in SDPA_KERNELS]
         if not kernels or bad:
             raise ValueError(f"kernels must be a non-empty subset of {SDPA_KERNELS}, got {kernels!r}")
-    model = _resolve_model(pipe_or_model)
+    model = find_denoiser(pipe_or_model, "set_attention")
     modules = _attention_modules(model)
     if not modules:
         raise ValueError(f"set_attention: {type(model).__name__} has no diffusers attention module")
@@ -324,14 +505,30 @@ def set_attention(
             f"set_attention: {stacked[0]} already runs a fastsample attention path; reset() the first handle "
             "before choosing another backend."
         )
+    if fused_prologue is not None and not isinstance(fused_prologue, bool):
+        raise TypeError(f"fused_prologue must be None or a bool, got {type(fused_prologue).__name__}")
     if backend == "auto":
         backend, kernels = _auto_choice(model)
+    explicit_prologue = fused_prologue is not None
+    fused_prologue = backend == "triton" if fused_prologue is None else fused_prologue
     if backend == "xformers":
         _require_xformers()
     if backend == "triton":
         require_triton(model, "set_attention(backend='triton')")
+    if fused_prologue:
+        require_triton(model, "set_attention(fused_prologue=True)")
     from diffusers.models.attention_processor import AttnProcessor2_0
+    from diffusers.models.transformers.transformer_flux import FluxAttnProcessor
 
+    if (
+        explicit_prologue
+        and fused_prologue
+        and not any(type(m.processor) is FluxAttnProcessor for _, m in modules)
+    ):
+        raise ValueError(
+            f"set_attention(fused_prologue=True): {type(model).__name__} has no FluxAttnProcessor (the fused "
+            "QK RMSNorm + RoPE covers Flux only; SD3 has no RoPE)."
+        )
     plan = []
     for name, module in modules:
         proc = module.processor
@@ -340,6 +537,17 @@ def set_attention(
                 backend, lambda: _triton_core
             )()
             plan.append((module, FastsampleAttnProcessor(core, backend), "FastsampleAttnProcessor"))
+        elif type(proc) is FluxAttnProcessor and (backend == "triton" or fused_prologue):
+            _check_flux_module(name, module, proc, fused_prologue)
+            core = _triton_core if backend == "triton" else None
+            new = FastsampleFluxAttnProcessor(core, fused_prologue, backend)
+            if core is None:
+                new._attention_backend = _dispatcher_backend(backend)
+            what = "triton attention" if core is not None else f"{new._attention_backend.value} attention"
+            if fused_prologue:
+                what += ", fused QK RMSNorm+RoPE"
+            wrapped = SDPAKernelProcessor(new, kernels, backend) if kernels else new
+            plan.append((module, wrapped, f"FastsampleFluxAttnProcessor({what})"))
         elif hasattr(proc, "_attention_backend"):
             new = copy.copy(proc)
             if backend == "triton":
@@ -347,19 +555,10 @@ def set_attention(
                     f"set_attention: backend='triton' does not cover dispatcher processors "
                     f"({type(proc).__name__} at {name}); use 'sdpa' or 'xformers' on this model."
                 )
+            new._attention_backend = _dispatcher_backend(backend)
             if backend == "xformers":
-                from diffusers.models.attention_dispatch import (
-                    AttentionBackendName,
-                    _check_attention_backend_requirements,
-                )
-
-                _check_attention_backend_requirements(AttentionBackendName.XFORMERS)
-                new._attention_backend = AttentionBackendName.XFORMERS
                 plan.append((module, new, f"{type(proc).__name__}(xformers)"))
             else:
-                from diffusers.models.attention_dispatch import AttentionBackendName
-
-                new._attention_backend = AttentionBackendName.NATIVE
                 wrapped = SDPAKernelProcessor(new, kernels, backend) if kernels else new
                 plan.append((module, wrapped, f"{type(proc).__name__}(native)"))
         else:
@@ -391,6 +590,7 @@ __all__ = [
     "SDPA_KERNELS",
     "AttentionHandle",
     "FastsampleAttnProcessor",
+    "FastsampleFluxAttnProcessor",
     "SDPAKernelProcessor",
     "set_attention",
 ]

@@ -11,8 +11,19 @@
    copy (``L·6D·D`` extra parameters' memory: +33% of DiT-XL/2's parameters), rebuilt when the weights'
    dtype/device changes; enable after loading weights (in-place weight edits afterwards are not seen).
    In training mode (random label dropout) the hooks run the stock computation.
-3. Optionally, ``fused_modulate=True`` computes ``norm1``'s ``LN(x)(1+scale)+shift`` with the Triton kernel
-   (CUDA only).
+3. Optionally (Triton, CUDA only; inference only: while autograd records, the stock expressions run, as the
+   kernels have no backward):
+   - ``fused_modulate=True`` computes ``norm1``'s ``LN(x)(1+scale)+shift`` with
+     :func:`~fastsample.kernels.triton_ops.adaln_modulate` (and ``norm3``'s as well when
+     ``fused_gated_residual`` is on, since the block's forward is then fastsample's);
+   - ``fused_gated_residual=True`` computes each block's two adaLN-Zero residual adds
+     ``h + gate[:, None] * y`` (after ``attn1`` and after ``ff``) with
+     :func:`~fastsample.kernels.triton_ops.gated_residual`. A hook on every ``BasicTransformerBlock`` runs
+     the block's ``ada_norm_zero`` forward (diffusers 0.42.1) calling its own submodules ``norm1``, ``attn1``,
+     ``norm3`` and ``ff`` as modules, so their hooks (fastsample's unit caches, the savings above) still run.
+     Blocks it does not reimplement (another norm type, cross-attention ``attn2``, positional embedding,
+     GLIGEN fuser, a forward already replaced by a hook, e.g. a block-level cache enabled first) are
+     refused at enable time; a block-level cache enabled afterwards wraps it and works.
 
 Implemented with diffusers ``ModelHook``s (module identity is kept; ``disable()`` restores exactly) and
 composable with fastsample's caches, guidance and ``torch.compile``.
@@ -28,6 +39,7 @@ import torch.nn.functional as F
 from diffusers.hooks import ModelHook
 
 from fastsample.cache.hooks import HookedModules, invalidate_registry_cache
+from fastsample.kernels.attention import records_grad
 
 logger = logging.getLogger(__name__)
 
@@ -133,6 +145,104 @@ class _Batch:
         return mods[:, index * width : (index + 1) * width]
 
 
+def _modulate(x: torch.Tensor, norm: torch.nn.Module, scale, shift, fused: bool) -> torch.Tensor:
+    """``norm(x) * (1 + scale[:, None]) + shift[:, None]``; by the Triton kernel when ``fused`` and autograd
+    is not recording (``norm`` is an affine-free ``LayerNorm``)."""
+    if fused and not records_grad(x, scale, shift):
+        from fastsample.kernels import triton_ops
+
+        return triton_ops.adaln_modulate(x, scale, shift, eps=norm.eps)
+    return norm(x) * (1 + scale[:, None]) + shift[:, None]
+
+
+def _gated_add(residual: torch.Tensor, gate: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """adaLN-Zero residual ``residual + gate[:, None] * y`` by the Triton kernel (the stock expression while
+    autograd records)."""
+    if records_grad(residual, gate, y):
+        return gate.unsqueeze(1) * y + residual
+    if y.shape != residual.shape or residual.dim() != 3 or y.dtype != residual.dtype:
+        raise ValueError(
+            "enable_dit_savings(fused_gated_residual=True): expected [B, N, D] residual and branch output of "
+            f"one dtype, got {tuple(residual.shape)} {residual.dtype} and {tuple(y.shape)} {y.dtype}"
+        )
+    from fastsample.kernels import triton_ops
+
+    return triton_ops.gated_residual(residual, gate, y)
+
+
+class _GatedBlockHook(ModelHook):
+    """On a DiT ``BasicTransformerBlock``: its ``ada_norm_zero`` forward with the fused residual adds."""
+
+    def __init__(self, fused_modulate: bool) -> None:
+        super().__init__()
+        self.fused_modulate = fused_modulate
+
+    def new_forward(
+        self,
+        block,
+        hidden_states,
+        attention_mask=None,
+        encoder_hidden_states=None,
+        encoder_attention_mask=None,
+        timestep=None,
+        cross_attention_kwargs=None,
+        class_labels=None,
+        added_cond_kwargs=None,
+    ):
+        from diffusers.models.attention import _chunked_feed_forward
+
+        attn_kwargs = dict(cross_attention_kwargs or {})
+        if attn_kwargs.pop("gligen", None) is not None:
+            raise ValueError("enable_dit_savings(fused_gated_residual=True) does not implement GLIGEN inputs")
+        norm_hidden, gate_msa, shift_mlp, scale_mlp, gate_mlp = block.norm1(
+            hidden_states, timestep, class_labels, hidden_dtype=hidden_states.dtype
+        )
+        attn_output = block.attn1(
+            norm_hidden,
+            encoder_hidden_states=encoder_hidden_states if block.only_cross_attention else None,
+            attention_mask=attention_mask,
+            **attn_kwargs,
+        )
+        hidden_states = _gated_add(hidden_states, gate_msa, attn_output)
+        norm_hidden = _modulate(hidden_states, block.norm3, scale_mlp, shift_mlp, self.fused_modulate)
+        if block._chunk_size is not None:
+            ff_output = _chunked_feed_forward(block.ff, norm_hidden, block._chunk_dim, block._chunk_size)
+        else:
+            ff_output = block.ff(norm_hidden)
+        return _gated_add(hidden_states, gate_mlp, ff_output)
+
+
+def _check_gated_blocks(model: torch.nn.Module, fused_modulate: bool) -> None:
+    """Refuse any block whose forward :class:`_GatedBlockHook` does not reimplement exactly."""
+    from diffusers.models.attention import BasicTransformerBlock
+
+    for i, block in enumerate(model.transformer_blocks):
+        problem = None
+        if type(block) is not BasicTransformerBlock:
+            problem = f"is a {type(block).__name__}, not a BasicTransformerBlock"
+        elif block.norm_type != "ada_norm_zero":
+            problem = f"has norm_type {block.norm_type!r}, not 'ada_norm_zero'"
+        elif block.attn2 is not None:
+            problem = "has a cross-attention attn2"
+        elif block.pos_embed is not None:
+            problem = "has a positional embedding"
+        elif hasattr(block, "fuser"):
+            problem = "has a GLIGEN fuser"
+        elif type(block.norm3) is not torch.nn.LayerNorm:
+            problem = f"has a norm3 of type {type(block.norm3).__name__}, not LayerNorm"
+        elif fused_modulate and block.norm3.weight is not None:
+            problem = "has an affine norm3 (the fused modulate kernel has no LayerNorm affine)"
+        elif "forward" in block.__dict__:
+            problem = (
+                "already has its forward replaced (a hook: a block-level cache or offloading enabled "
+                "before; enable fused_gated_residual first)"
+            )
+        if problem:
+            raise ValueError(
+                f"enable_dit_savings(fused_gated_residual=True): transformer_blocks[{i}] {problem}"
+            )
+
+
 class _NormHook(ModelHook):
     """On ``norm1`` (``AdaLayerNormZero``): the same outputs, the projection taken from the batch."""
 
@@ -152,12 +262,7 @@ class _NormHook(ModelHook):
                 emb = module.emb(timestep, class_labels, hidden_dtype=hidden_dtype)
             mods = module.linear(module.silu(emb))
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = mods.chunk(6, dim=1)
-        if self.fused:
-            from fastsample.kernels import triton_ops
-
-            x = triton_ops.adaln_modulate(x, scale_msa, shift_msa, eps=module.norm.eps)
-        else:
-            x = module.norm(x) * (1 + scale_msa[:, None]) + shift_msa[:, None]
+        x = _modulate(x, module.norm, scale_msa, shift_msa, self.fused)
         return x, gate_msa, shift_mlp, scale_mlp, gate_mlp
 
 
@@ -219,18 +324,22 @@ def enable_dit_savings(
     shared_embedding: bool = True,
     batched_adaln: bool = True,
     fused_modulate: bool = False,
+    fused_gated_residual: bool = False,
 ) -> DiTSavingsHandle:
     """Turn on the exact DiT savings (module docstring) on ``pipe.transformer`` or a DiT model.
 
     Raises ``TypeError`` for anything but a ``DiTTransformer2DModel`` with adaLN-Zero blocks, ``ValueError``
-    if nothing is requested or the model already has them, ``ValueError`` for ``fused_modulate`` off CUDA.
+    if nothing is requested or the model already has them, ``ValueError`` for ``fused_modulate`` or
+    ``fused_gated_residual`` off CUDA (without Triton's interpreter) or, for ``fused_gated_residual``, for a
+    block configuration it does not reimplement.
     """
     from diffusers import DiTTransformer2DModel
     from diffusers.models.normalization import AdaLayerNormZero
 
-    from fastsample.kernels.attention import _resolve_model, require_triton
+    from fastsample.kernels.attention import require_triton
+    from fastsample.pipelines.adapters import find_denoiser
 
-    model = _resolve_model(pipe_or_model)
+    model = find_denoiser(pipe_or_model, "enable_dit_savings")
     if not isinstance(model, DiTTransformer2DModel):
         raise TypeError(f"enable_dit_savings needs a DiTTransformer2DModel, got {type(model).__name__}")
     norms = [block.norm1 for block in model.transformer_blocks]
@@ -238,16 +347,19 @@ def enable_dit_savings(
         raise TypeError(
             "enable_dit_savings: every block's norm1 must be an AdaLayerNormZero with an embedding"
         )
-    if not (shared_embedding or batched_adaln or fused_modulate):
+    if not (shared_embedding or batched_adaln or fused_modulate or fused_gated_residual):
         raise ValueError(
             "enable_dit_savings: nothing requested (all of shared_embedding, batched_adaln, "
-            "fused_modulate are False)"
+            "fused_modulate, fused_gated_residual are False)"
         )
     registry = model.__dict__.get("_diffusers_hook")
     if registry is not None and registry.get_hook(_HOOK) is not None:
         raise ValueError("enable_dit_savings: already enabled on this model; disable the first handle")
     if fused_modulate:
         require_triton(model, "enable_dit_savings(fused_modulate=True)")
+    if fused_gated_residual:
+        require_triton(model, "enable_dit_savings(fused_gated_residual=True)")
+        _check_gated_blocks(model, fused_modulate)
 
     group_of = _embedding_groups([n.emb for n in norms]) if shared_embedding else list(range(len(norms)))
     batch = _Batch(norms, group_of) if batched_adaln and len(norms) > 1 else None
@@ -260,6 +372,9 @@ def enable_dit_savings(
                 hooked.add(norm.emb, _EmbeddingHook(state, group_of[i]), _HOOK)
             if batch is not None or fused_modulate:
                 hooked.add(norm, _NormHook(state, batch, i, fused_modulate), _HOOK)
+        if fused_gated_residual:
+            for block in model.transformer_blocks:
+                hooked.add(block, _GatedBlockHook(fused_modulate), _HOOK)
     except BaseException:
         hooked.remove_all()
         raise
@@ -269,7 +384,11 @@ def enable_dit_savings(
         for name, flag in (
             ("shared embedding", shared_embedding),
             ("batched adaLN", batched_adaln),
-            ("fused modulate", fused_modulate),
+            (
+                "fused modulate" + (" (norm1 and norm3)" if fused_gated_residual else " (norm1)"),
+                fused_modulate,
+            ),
+            ("fused gated residual (2 per block)", fused_gated_residual),
         )
         if flag
     ]

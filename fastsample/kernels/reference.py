@@ -33,20 +33,33 @@ def gated_residual(residual: torch.Tensor, gate: torch.Tensor, y: torch.Tensor) 
 
 
 def qk_rmsnorm_rope(
-    x: torch.Tensor, weight: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, eps: float = 1e-6
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    eps: float = 1e-6,
+    sequence_dim: int = 2,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """SD3/Flux attention prologue: RMSNorm over the head dimension, then interleaved RoPE (Su et al. 2021).
 
-    ``x`` is ``[B, H, N, Dh]``, ``weight`` ``[Dh]``, ``cos``/``sin`` ``[N, Dh]`` (each frequency repeated for
-    its pair, as diffusers' Flux ``FluxPosEmbed`` produces). With ``y = x / rms(x) * weight`` and pairs
+    ``x`` is ``[B, H, N, Dh]`` (``sequence_dim=2``) or ``[B, N, H, Dh]`` (``sequence_dim=1``, Flux's
+    processor layout), ``weight`` ``[Dh]``, ``cos``/``sin`` ``[N, Dh]`` (each frequency repeated for its pair,
+    as diffusers' Flux ``FluxPosEmbed`` produces). With ``y = x / rms(x) * weight`` and pairs
     ``(y_{2i}, y_{2i+1})``: ``out_{2i} = y_{2i} cos - y_{2i+1} sin`` and
-    ``out_{2i+1} = y_{2i+1} cos + y_{2i} sin``.
+    ``out_{2i+1} = y_{2i+1} cos + y_{2i} sin``: diffusers' ``apply_rotary_emb(use_real=True,
+    use_real_unbind_dim=-1)``. ``out``: optional tensor to write the result into (returned).
     """
     xf = x.float()
     y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps) * weight.float()
     even, odd = y[..., 0::2], y[..., 1::2]
     rotated = torch.stack([-odd, even], dim=-1).reshape(y.shape)
-    return (y * cos.float() + rotated * sin.float()).to(x.dtype)
+    if sequence_dim == 1:
+        cos, sin = cos[:, None], sin[:, None]
+    result = (y * cos.float() + rotated * sin.float()).to(x.dtype)
+    if out is None:
+        return result
+    return out.copy_(result)
 
 
 def attention(

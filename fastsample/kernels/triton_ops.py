@@ -2,7 +2,9 @@
 and a flash-style attention forward. Each has a pure-torch reference of the same name in
 :mod:`fastsample.kernels.reference`; the tests run them on CPU under ``TRITON_INTERPRET=1``.
 
-``triton`` is imported when this module is imported; the rest of fastsample imports it lazily.
+``triton`` is imported when this module is imported; the rest of fastsample imports it lazily. Under
+``torch.compile`` the launches are captured by dynamo on CUDA (not verified here: no GPU); in the CPU
+interpreter they are excluded from the graph (``torch.compiler.disable``, a graph break each).
 Rows are processed by one program each with the feature dimension padded to the next power of two and
 masked, so any width works (DiT/PixArt head dimension 72 runs as a 128-wide block with 56 masked lanes).
 """
@@ -10,10 +12,22 @@ masked, so any width works (DiT/PixArt head dimension 72 runs as a 128-wide bloc
 from __future__ import annotations
 
 import math
+import os
+from typing import Any
 
 import torch
 import triton
 import triton.language as tl
+
+
+def _launch(kernel: Any, grid: tuple[int, ...], *args: Any, **meta: Any) -> None:
+    kernel[grid](*args, **meta)
+
+
+if os.environ.get("TRITON_INTERPRET") == "1":
+    # dynamo cannot trace Triton's CPU interpreter (it fails inside it): under torch.compile the launches then
+    # run eagerly, outside the graph (one graph break each). On CUDA dynamo captures the Triton kernels.
+    _launch = torch.compiler.disable(_launch)
 
 
 def _rows(x: torch.Tensor) -> tuple[torch.Tensor, int, int]:
@@ -45,7 +59,9 @@ def adaln_modulate(
     """Fused ``LN(x) * (1 + scale[:, None]) + shift[:, None]`` (see :func:`reference.adaln_modulate`)."""
     x2, n_rows, width = _rows(x)
     out = torch.empty_like(x2)
-    _adaln_kernel[(n_rows,)](
+    _launch(
+        _adaln_kernel,
+        (n_rows,),
         x2,
         scale.contiguous(),
         shift.contiguous(),
@@ -74,7 +90,9 @@ def gated_residual(residual: torch.Tensor, gate: torch.Tensor, y: torch.Tensor) 
     """Fused ``residual + gate[:, None] * y`` (see :func:`reference.gated_residual`)."""
     res2, n_rows, width = _rows(residual)
     out = torch.empty_like(res2)
-    _gated_residual_kernel[(n_rows,)](
+    _launch(
+        _gated_residual_kernel,
+        (n_rows,),
         res2,
         gate.contiguous(),
         y.contiguous(),
@@ -87,14 +105,34 @@ def gated_residual(residual: torch.Tensor, gate: torch.Tensor, y: torch.Tensor) 
 
 
 @triton.jit
-def _qk_norm_rope_kernel(x_ptr, w_ptr, cos_ptr, sin_ptr, out_ptr, n_tokens, width, eps, BLOCK: tl.constexpr):
-    row = tl.program_id(0)
-    token = row % n_tokens
+def _qk_norm_rope_kernel(
+    x_ptr,
+    w_ptr,
+    cos_ptr,
+    sin_ptr,
+    out_ptr,
+    n_seq,
+    n_heads,
+    width,
+    sx_b,
+    sx_s,
+    sx_h,
+    so_b,
+    so_s,
+    so_h,
+    eps,
+    BLOCK: tl.constexpr,
+):
+    row = tl.program_id(0)  # rows enumerate (batch, token, head)
+    head = row % n_heads
+    token = (row // n_heads) % n_seq
+    batch = row // (n_heads * n_seq)
+    x_row = x_ptr + batch * sx_b + token * sx_s + head * sx_h
     cols = tl.arange(0, BLOCK)
     mask = cols < width
     partner = cols ^ 1  # the other element of the RoPE pair (2i <-> 2i+1)
-    x = tl.load(x_ptr + row * width + cols, mask=mask, other=0.0).to(tl.float32)
-    xp = tl.load(x_ptr + row * width + partner, mask=mask, other=0.0).to(tl.float32)
+    x = tl.load(x_row + cols, mask=mask, other=0.0).to(tl.float32)
+    xp = tl.load(x_row + partner, mask=mask, other=0.0).to(tl.float32)
     rstd = 1.0 / tl.sqrt(tl.sum(x * x, axis=0) / width + eps)
     w = tl.load(w_ptr + cols, mask=mask, other=0.0).to(tl.float32)
     wp = tl.load(w_ptr + partner, mask=mask, other=0.0).to(tl.float32)
@@ -103,27 +141,61 @@ def _qk_norm_rope_kernel(x_ptr, w_ptr, cos_ptr, sin_ptr, out_ptr, n_tokens, widt
     rotated = tl.where(cols % 2 == 0, -yp, yp)
     c = tl.load(cos_ptr + token * width + cols, mask=mask, other=0.0).to(tl.float32)
     s = tl.load(sin_ptr + token * width + cols, mask=mask, other=0.0).to(tl.float32)
-    tl.store(out_ptr + row * width + cols, (y * c + rotated * s).to(out_ptr.dtype.element_ty), mask=mask)
+    out_row = out_ptr + batch * so_b + token * so_s + head * so_h
+    tl.store(out_row + cols, (y * c + rotated * s).to(out_ptr.dtype.element_ty), mask=mask)
 
 
 def qk_rmsnorm_rope(
-    x: torch.Tensor, weight: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, eps: float = 1e-6
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    eps: float = 1e-6,
+    sequence_dim: int = 2,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Fused RMSNorm + interleaved RoPE on ``[B, H, N, Dh]`` (see :func:`reference.qk_rmsnorm_rope`)."""
-    if x.shape[-1] % 2:
+    """Fused RMSNorm + interleaved RoPE (see :func:`reference.qk_rmsnorm_rope`) on ``[B, H, N, Dh]``
+    (``sequence_dim=2``) or ``[B, N, H, Dh]`` (``sequence_dim=1``, Flux's layout), any strides with a unit
+    last stride. ``out``: a tensor of ``x``'s shape and dtype to write into (e.g. a slice of a concatenation
+    or a transposed view, so the concatenation and the layout change cost no extra pass); returned.
+    """
+    if x.dim() != 4 or x.shape[-1] % 2:
         raise ValueError(
-            f"qk_rmsnorm_rope: the head dimension must be even for RoPE pairs, got {x.shape[-1]}"
+            f"qk_rmsnorm_rope: x must be 4-D with an even head dimension (RoPE pairs), got {tuple(x.shape)}"
         )
-    x2, n_rows, width = _rows(x)
-    out = torch.empty_like(x2)
-    _qk_norm_rope_kernel[(n_rows,)](
-        x2,
+    if sequence_dim not in (1, 2):
+        raise ValueError(f"qk_rmsnorm_rope: sequence_dim must be 1 or 2, got {sequence_dim}")
+    head_dim_of = 3 - sequence_dim
+    n_seq, n_heads, width = x.shape[sequence_dim], x.shape[head_dim_of], x.shape[-1]
+    for name, t in (("cos", cos), ("sin", sin)):
+        if tuple(t.shape) != (n_seq, width):
+            raise ValueError(f"qk_rmsnorm_rope: {name} must be [{n_seq}, {width}], got {tuple(t.shape)}")
+    if x.stride(-1) != 1:
+        x = x.contiguous()
+    if out is None:
+        out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    elif out.shape != x.shape or out.dtype != x.dtype or out.stride(-1) != 1:
+        raise ValueError(
+            f"qk_rmsnorm_rope: out must be a {x.dtype} tensor of shape {tuple(x.shape)} with a unit last "
+            f"stride, got {out.dtype} {tuple(out.shape)} strides {out.stride()}"
+        )
+    _launch(
+        _qk_norm_rope_kernel,
+        (x.shape[0] * n_seq * n_heads,),
+        x,
         weight.contiguous(),
         cos.contiguous(),
         sin.contiguous(),
         out,
-        x.shape[2],
+        n_seq,
+        n_heads,
         width,
+        x.stride(0),
+        x.stride(sequence_dim),
+        x.stride(head_dim_of),
+        out.stride(0),
+        out.stride(sequence_dim),
+        out.stride(head_dim_of),
         eps,
         BLOCK=triton.next_power_of_2(width),
     )
@@ -221,7 +293,9 @@ def attention(
     block_m = 64 if n_q >= 64 else 16
     block_n = 64 if n_k >= 64 else 16
     grid = (triton.cdiv(n_q, block_m), batch * heads)
-    _attention_kernel[grid](
+    _launch(
+        _attention_kernel,
+        grid,
         q2,
         k2,
         v2,

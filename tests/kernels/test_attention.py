@@ -14,6 +14,7 @@ from fastsample.testing import (
     tiny_pipeline,
     tiny_pixart_transformer,
 )
+from tests.cache._models import model_inputs  # tiny Flux inputs: text + image ids, 3-axis RoPE
 
 HAS_TRITON = importlib.util.find_spec("triton") is not None
 
@@ -206,4 +207,134 @@ def test_composes_with_savings_cache_and_guidance():
         with set_attention(pipe, "sdpa", kernels=("math",)) as att, fs.enable_dit_savings(pipe) as sav:
             assert "sdpa[math]" in att.describe() and "1 matmul" in sav.describe()
             got = pipe(**call_kwargs("dit", **kwargs)).images
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
+# ------------------------------------------------------------------------------------------------------
+# Flux: fused QK RMSNorm + RoPE prologue (Triton, run here in the interpreter)
+# ------------------------------------------------------------------------------------------------------
+
+needs_interpreter = pytest.mark.skipif(
+    not HAS_TRITON or torch.cuda.is_available(), reason="interpreter check"
+)
+
+
+def _flux_forward(model):
+    x, cond = model_inputs(model, "flux")
+    with torch.no_grad():
+        return model(x, timestep=torch.full((x.shape[0],), 0.5), **cond).sample
+
+
+@pytest.fixture
+def prologue_calls(monkeypatch):
+    from fastsample.kernels import triton_ops
+
+    calls = []
+    real = triton_ops.qk_rmsnorm_rope
+
+    def counted(x, *args, **kwargs):
+        calls.append(tuple(x.shape))
+        return real(x, *args, **kwargs)
+
+    monkeypatch.setattr(triton_ops, "qk_rmsnorm_rope", counted)
+    return calls
+
+
+@needs_interpreter
+@pytest.mark.parametrize(
+    "backend, kernels, fused_prologue, label",
+    [
+        ("triton", None, None, "triton attention, fused QK RMSNorm+RoPE"),
+        ("triton", None, False, "triton attention)"),
+        ("sdpa", None, True, "native attention, fused QK RMSNorm+RoPE"),
+        ("sdpa", ("math",), True, "native attention, fused QK RMSNorm+RoPE"),
+    ],
+)
+def test_flux_fused_prologue_matches_diffusers(prologue_calls, backend, kernels, fused_prologue, label):
+    """Against diffusers' own FluxAttnProcessor (q/k RMSNorm, text/image concatenation, RoPE with
+    use_real_unbind_dim=-1) on a tiny FluxTransformer2DModel: 1 double-stream block (text and image parts
+    with their own norms) and 2 single-stream blocks."""
+    model = tiny_flux_transformer(0)
+    expected = _flux_forward(model)
+    before = _processors(model)
+    handle = set_attention(model, backend, kernels=kernels, fused_prologue=fused_prologue)
+    assert f"3 FastsampleFluxAttnProcessor({label}" in handle.describe()
+    got = _flux_forward(model)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    prologue = fused_prologue is not False
+    # per forward: q and k of the double block in 2 parts (text, image), of each single block in 1
+    assert len(prologue_calls) == (2 * 2 + 2 * 2 * 1 if prologue else 0)
+    handle.reset()
+    assert all(a is b for a, b in zip(_processors(model), before, strict=True))
+    torch.testing.assert_close(_flux_forward(model), expected, atol=0, rtol=0)
+
+
+@needs_interpreter
+def test_flux_prologue_leaves_autograd_to_diffusers_ops(prologue_calls):
+    stock, fused = tiny_flux_transformer(0), tiny_flux_transformer(0)
+    set_attention(fused, "triton")
+    x, cond = model_inputs(stock, "flux")
+    for model in (stock, fused):
+        model(x, timestep=torch.full((x.shape[0],), 0.5), **cond).sample.square().mean().backward()
+    assert prologue_calls == []
+    for (name, a), b in zip(stock.named_parameters(), fused.parameters(), strict=True):
+        if a.grad is not None:
+            torch.testing.assert_close(b.grad, a.grad, atol=1e-6, rtol=1e-5, msg=name)
+
+
+@needs_interpreter
+def test_fused_prologue_errors(monkeypatch):
+    dit, flux = tiny_dit_transformer(0), tiny_flux_transformer(0)
+    before = _processors(flux)
+    with pytest.raises(TypeError, match="fused_prologue must be"):
+        set_attention(flux, "sdpa", fused_prologue="yes")
+    with set_attention(dit, "triton") as handle:  # the default prologue flag is a no-op off Flux
+        assert "Flux" not in handle.describe()
+    with pytest.raises(ValueError, match="no FluxAttnProcessor"):
+        set_attention(dit, "sdpa", fused_prologue=True)
+    with pytest.raises(ValueError, match="SD3 has no RoPE"):
+        set_attention(tiny_pipeline("sd3", seed=0), "sdpa", fused_prologue=True)
+    real_norm = flux.transformer_blocks[0].attn.norm_added_k
+    flux.transformer_blocks[0].attn.norm_added_k = torch.nn.LayerNorm(16)
+    with pytest.raises(ValueError, match="norm_added_k=LayerNorm"):
+        set_attention(flux, "sdpa", fused_prologue=True)
+    flux.transformer_blocks[0].attn.norm_added_k = real_norm
+    monkeypatch.delenv("TRITON_INTERPRET")
+    with pytest.raises(ValueError, match="CUDA"):
+        set_attention(flux, "sdpa", fused_prologue=True)
+    assert all(a is b for a, b in zip(_processors(flux), before, strict=True))
+
+
+@needs_interpreter
+@pytest.mark.slow
+def test_flux_fused_prologue_under_torch_compile(prologue_calls):
+    model = tiny_flux_transformer(0)
+    expected = _flux_forward(model)
+    handle = set_attention(model, "sdpa", fused_prologue=True)
+    torch._dynamo.reset()
+    compiled = torch.compile(model, backend="aot_eager")
+    got = _flux_forward(compiled)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    assert prologue_calls  # the fused path ran
+    handle.reset()
+    torch._dynamo.reset()
+
+
+@needs_interpreter
+@pytest.mark.slow
+def test_flux_fused_prologue_with_cache(prologue_calls):
+    """With fastsample's FORA cache on Flux: the same samples as the cache alone (which really skips)."""
+    import fastsample as fs
+    from tests.cache._models import sample
+
+    model = tiny_flux_transformer(0)
+    with fs.enable_cache(model, "fora", interval=2) as cache:
+        expected = sample(model, "flux", steps=4)
+        hits = cache.stats().hit_ratio
+        cache.reset()
+        with set_attention(model, "triton") as handle:
+            got = sample(model, "flux", steps=4)
+            assert "fused QK RMSNorm+RoPE" in handle.describe()
+        assert cache.stats().hit_ratio == hits > 0
+    assert prologue_calls
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)

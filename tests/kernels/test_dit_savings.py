@@ -191,3 +191,162 @@ def test_fused_modulate_in_interpreter():
         got = _forward(model, kwargs)
         assert "fused modulate" in handle.describe()
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
+# ------------------------------------------------------------------------------------------------------
+# fused gated residual (Triton, run here in the interpreter)
+# ------------------------------------------------------------------------------------------------------
+
+needs_interpreter = pytest.mark.skipif(
+    importlib.util.find_spec("triton") is None or torch.cuda.is_available(), reason="interpreter check"
+)
+
+
+@pytest.fixture
+def kernel_calls(monkeypatch):
+    """Counts the calls of each fused kernel, so a test fails if the fused path is silently not taken."""
+    from fastsample.kernels import triton_ops
+
+    calls = {"gated_residual": 0, "adaln_modulate": 0}
+    for name in calls:
+        real = getattr(triton_ops, name)
+
+        def counted(*args, _real=real, _name=name, **kwargs):
+            calls[_name] += 1
+            return _real(*args, **kwargs)
+
+        monkeypatch.setattr(triton_ops, name, counted)
+    return calls
+
+
+@needs_interpreter
+@pytest.mark.parametrize(
+    "options, modulates",
+    [
+        (dict(shared_embedding=False, batched_adaln=False), 0),
+        (dict(fused_modulate=True), 2),  # norm1's and, inside the fused block, norm3's
+    ],
+)
+@pytest.mark.parametrize("chunked", [False, True])
+def test_fused_gated_residual_matches_stock(kernel_calls, options, modulates, chunked):
+    model = _share_embeddings(tiny_dit_transformer(0))
+    if chunked:  # diffusers' chunked feed-forward (memory saving) is reproduced, not refused
+        for block in model.transformer_blocks:
+            block.set_chunk_feed_forward(8, dim=1)
+    layers = len(model.transformer_blocks)
+    kwargs = _inputs()
+    expected = _forward(model, kwargs)
+    handle = enable_dit_savings(model, fused_gated_residual=True, **options)
+    got = _forward(model, kwargs)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    assert kernel_calls == {"gated_residual": 2 * layers, "adaln_modulate": modulates * layers}
+    assert "fused gated residual (2 per block)" in handle.describe()
+    assert ("norm1 and norm3" in handle.describe()) == bool(modulates)
+    handle.disable()
+    assert "fused gated residual" not in handle.describe()
+    for block in model.transformer_blocks:
+        assert "forward" not in block.__dict__ and "_diffusers_hook" not in block.__dict__
+    torch.testing.assert_close(_forward(model, kwargs), expected, atol=0, rtol=0)
+
+
+@needs_interpreter
+def test_fused_paths_leave_autograd_to_the_stock_expressions(kernel_calls):
+    """The kernels have no backward: while autograd records, the stock expressions run (same gradients)."""
+    stock = _share_embeddings(tiny_dit_transformer(0))
+    fused = _share_embeddings(tiny_dit_transformer(0))
+    kwargs = _inputs()
+    only_fused = dict(shared_embedding=False, batched_adaln=False)  # sharing moves embedding gradients
+    enable_dit_savings(fused, fused_modulate=True, fused_gated_residual=True, **only_fused)
+    for model in (stock, fused):
+        model(**kwargs).sample.square().mean().backward()
+    assert kernel_calls == {"gated_residual": 0, "adaln_modulate": 0}
+    for (name, a), b in zip(stock.named_parameters(), fused.parameters(), strict=True):
+        if a.grad is not None:
+            torch.testing.assert_close(b.grad, a.grad, atol=1e-6, rtol=1e-5, msg=name)
+
+
+@needs_interpreter
+@pytest.mark.parametrize("level", ["unit", "block"])
+def test_fused_gated_residual_with_cache_and_guidance(kernel_calls, level):
+    """Same images as the FORA cache (+ CFG) alone; the cache really skips work in both runs. A unit cache
+    hooks attn1/ff, which the fused block calls as modules; a block cache enabled afterwards wraps it."""
+    pipe = tiny_pipeline("dit", seed=0)
+    _share_embeddings(pipe.transformer)
+    kwargs = dict(seed=0, num_inference_steps=4, output_type="pt")
+    with fs.guide(pipe, fs.CFG()):
+        cache = fs.enable_cache(pipe, "fora", interval=2, level=level)
+        expected = pipe(**call_kwargs("dit", **kwargs)).images
+        expected_hits = cache.stats().hit_ratio
+        cache.disable()
+        with enable_dit_savings(pipe, fused_gated_residual=True, fused_modulate=True) as savings:
+            cache = fs.enable_cache(pipe, "fora", interval=2, level=level)
+            got = pipe(**call_kwargs("dit", **kwargs)).images
+            assert cache.stats().hit_ratio == expected_hits > 0
+            cache.disable()
+            assert "fused gated residual" in savings.describe()
+    assert kernel_calls["gated_residual"] > 0
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
+@needs_interpreter
+def test_fused_gated_residual_refuses_what_it_does_not_reimplement():
+    from diffusers.models.embeddings import SinusoidalPositionalEmbedding
+
+    model = tiny_dit_transformer(0)
+    kwargs = _inputs()
+    cache = fs.enable_cache(model, "fora", interval=2, level="block")  # hooks the blocks first
+    with pytest.raises(ValueError, match=r"transformer_blocks\[0\] already has its forward replaced"):
+        enable_dit_savings(model, fused_gated_residual=True)
+    cache.disable()
+    edits = {
+        "has a cross-attention attn2": lambda b: setattr(b, "attn2", b.attn1),
+        "has a positional embedding": lambda b: setattr(
+            b, "pos_embed", SinusoidalPositionalEmbedding(b.dim, max_seq_length=16)
+        ),
+        "norm_type 'ada_norm'": lambda b: setattr(b, "norm_type", "ada_norm"),
+        "GLIGEN fuser": lambda b: setattr(b, "fuser", torch.nn.Identity()),
+        "affine norm3": lambda b: setattr(b, "norm3", torch.nn.LayerNorm(b.dim)),
+    }
+    for message, edit in edits.items():
+        model = tiny_dit_transformer(0)
+        edit(model.transformer_blocks[1])
+        with pytest.raises(ValueError, match=rf"transformer_blocks\[1\] .*{message}"):
+            enable_dit_savings(model, fused_gated_residual=True, fused_modulate=True)
+        assert all("forward" not in m.__dict__ for m in model.modules())  # nothing was hooked
+    model = tiny_dit_transformer(0)
+    with (
+        enable_dit_savings(model, fused_gated_residual=True),
+        pytest.raises(ValueError, match="GLIGEN"),
+        torch.no_grad(),
+    ):
+        model(**kwargs, cross_attention_kwargs={"gligen": {"objs": None}})
+
+
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="needs triton")
+@pytest.mark.parametrize("flag", ["fused_modulate", "fused_gated_residual"])
+def test_fused_flags_refused_on_cpu_without_interpreter(monkeypatch, flag):
+    if torch.cuda.is_available():
+        pytest.skip("CPU check of the device rule")
+    monkeypatch.delenv("TRITON_INTERPRET")
+    model = tiny_dit_transformer(0)
+    with pytest.raises(ValueError, match="needs a CUDA model"):
+        enable_dit_savings(model, **{flag: True})
+    assert "_diffusers_hook" not in model.__dict__
+
+
+@needs_interpreter
+@pytest.mark.slow
+def test_fused_paths_under_torch_compile(kernel_calls):
+    """Correct under torch.compile. In the interpreter each launch runs outside the graph (a graph break per
+    kernel call, see triton_ops); on CUDA dynamo captures the kernels (not checked here: no GPU)."""
+    model = _share_embeddings(tiny_dit_transformer(0))
+    kwargs = _inputs()
+    expected = _forward(model, kwargs)
+    handle = enable_dit_savings(model, fused_modulate=True, fused_gated_residual=True)
+    torch._dynamo.reset()
+    with torch.no_grad():
+        got = torch.compile(model, backend="aot_eager")(**kwargs).sample
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    assert kernel_calls["gated_residual"] >= 2 * len(model.transformer_blocks)
+    handle.disable()
+    torch._dynamo.reset()

@@ -82,3 +82,32 @@ def test_attention_bf16_gpu():
     torch.testing.assert_close(
         triton_ops.attention(q, k, v), reference.attention(q, k, v), atol=2e-2, rtol=2e-2
     )
+
+
+def test_qk_rmsnorm_rope_flux_layout_strides_and_out():
+    """Flux's [B, S, H, Dh] layout, a strided input (a chunk of a fused QKV) and ``out=`` into a slice of a
+    transposed buffer, against diffusers' RMSNorm + apply_rotary_emb(sequence_dim=1) and the reference."""
+    from diffusers.models.embeddings import apply_rotary_emb
+
+    qkv = torch.randn(2, 7, 3 * 3 * 16, device=DEVICE)
+    x = qkv.chunk(3, dim=-1)[1].unflatten(-1, (3, 16))  # [B, S, H, Dh], not contiguous
+    w = torch.randn(16, device=DEVICE)
+    cos, sin = torch.randn(7, 16, device=DEVICE), torch.randn(7, 16, device=DEVICE)
+    norm = torch.nn.RMSNorm(16, eps=1e-6).to(DEVICE)
+    with torch.no_grad():
+        norm.weight.copy_(w)
+        expected = apply_rotary_emb(norm(x), (cos, sin), sequence_dim=1)
+    torch.testing.assert_close(reference.qk_rmsnorm_rope(x, w, cos, sin, sequence_dim=1), expected)
+    got = triton_ops.qk_rmsnorm_rope(x, w, cos, sin, sequence_dim=1)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    buffer = torch.full((2, 3, 10, 16), float("nan"), device=DEVICE)  # [B, H, S + 3, Dh]
+    out = triton_ops.qk_rmsnorm_rope(x, w, cos, sin, sequence_dim=1, out=buffer.transpose(1, 2)[:, 3:])
+    assert out.data_ptr() == buffer[:, :, 3:].data_ptr()
+    torch.testing.assert_close(buffer[:, :, 3:].transpose(1, 2), expected, atol=1e-5, rtol=1e-5)
+    assert buffer[:, :, :3].isnan().all()  # nothing written outside the slice
+    with pytest.raises(ValueError, match="cos must be"):
+        triton_ops.qk_rmsnorm_rope(x, w, cos[:6], sin, sequence_dim=1)
+    with pytest.raises(ValueError, match="out must be"):
+        triton_ops.qk_rmsnorm_rope(x, w, cos, sin, sequence_dim=1, out=buffer[:, :, 3:])
+    with pytest.raises(ValueError, match="sequence_dim"):
+        triton_ops.qk_rmsnorm_rope(x, w, cos, sin, sequence_dim=3)
