@@ -44,6 +44,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+from fastsample.pipelines.adapters import find_denoiser
+
 __all__ = [
     "MIN_REPEATS",
     "SCOPES",
@@ -399,15 +401,6 @@ def count_macs(fn: Callable[[], Any], modules: dict[str, nn.Module] | None = Non
 # ---------------------------------------------------------------------------------------------------------
 # Pipelines: three scopes
 # ---------------------------------------------------------------------------------------------------------
-def find_denoiser(pipe: Any) -> nn.Module:
-    """``pipe.transformer`` or ``pipe.unet``; refuses pipelines with neither."""
-    for name in ("transformer", "unet"):
-        module = getattr(pipe, name, None)
-        if isinstance(module, nn.Module):
-            return module
-    raise ValueError(f"{type(pipe).__name__} has no `transformer` or `unet` denoiser; cannot time its loop.")
-
-
 class _LoopClock:
     """Per call: time from the first denoiser forward to the end of the last ``scheduler.step``.
 
@@ -416,7 +409,7 @@ class _LoopClock:
 
     def __init__(self, pipe: Any, device: torch.device) -> None:
         self.pipe = pipe
-        self.denoiser = find_denoiser(pipe)
+        self.denoiser = find_denoiser(pipe, "latency timing", allow_model=False)
         self.is_cuda = device.type == "cuda"
         self.loop_times: list[float] = []
         self._start: Any = None
@@ -499,7 +492,7 @@ def _clone_inputs(value: Any) -> Any:
 
 
 def _capture_first_denoiser_call(pipe: Any, call_kwargs: dict[str, Any]) -> tuple[tuple, dict[str, Any], int]:
-    denoiser = find_denoiser(pipe)
+    denoiser = find_denoiser(pipe, "latency timing", allow_model=False)
     captured: list[tuple[tuple, dict]] = []
 
     def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
@@ -536,7 +529,7 @@ def measure_pipeline(
     if unknown or not scopes:
         raise ValueError(f"`scopes` must be a non-empty subset of {SCOPES}, got {scopes!r}.")
     _check_counts(warmup, repeats)
-    denoiser = find_denoiser(pipe)
+    denoiser = find_denoiser(pipe, "latency timing", allow_model=False)
     device = _resolve_device(device if device is not None else next(denoiser.parameters()).device)
     args, kwargs, nfe = _capture_first_denoiser_call(pipe, call_kwargs)
     results: dict[str, TimingResult] = {}

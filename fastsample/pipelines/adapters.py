@@ -215,6 +215,22 @@ ADAPTERS: dict[str, PipelineAdapter] = {
 }
 
 
+def find_denoiser(pipe_or_model: Any, what: str = "fastsample", allow_model: bool = True) -> torch.nn.Module:
+    """A model itself (when ``allow_model``), or a pipeline's ``transformer`` / ``unet``, for capabilities
+    that need only the denoiser (any pipeline, with or without an adapter); ``TypeError`` naming ``what``
+    otherwise."""
+    if isinstance(pipe_or_model, torch.nn.Module):
+        if allow_model:
+            return pipe_or_model
+        raise TypeError(f"{what} expects a diffusers pipeline, got the model {type(pipe_or_model).__name__}.")
+    for attr in ("transformer", "unet"):
+        model = getattr(pipe_or_model, attr, None)
+        if isinstance(model, torch.nn.Module):
+            return model
+    expected = "a diffusers pipeline (with .transformer or .unet)" + (" or a model" if allow_model else "")
+    raise TypeError(f"{what} expects {expected}, got {type(pipe_or_model).__name__}.")
+
+
 def supported_pipelines() -> list[str]:
     """Names of the pipeline classes with an adapter."""
     return sorted(ADAPTERS)

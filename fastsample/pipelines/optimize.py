@@ -166,9 +166,11 @@ def _check_attention(spec: Any) -> tuple[str, dict[str, Any]] | None:
         )
     if backend not in BACKENDS:
         raise ValueError(f"unknown attention backend {backend!r}; choose one of {BACKENDS}.")
-    unknown = set(knobs) - {"kernels"}
+    unknown = set(knobs) - {"kernels", "fused_prologue"}
     if unknown:
-        raise ValueError(f"unknown attention knob(s) {sorted(unknown)}; the only knob is 'kernels'.")
+        raise ValueError(
+            f"unknown attention knob(s) {sorted(unknown)}; the knobs are 'kernels' and 'fused_prologue'."
+        )
     return backend, knobs
 
 
@@ -219,12 +221,12 @@ class OptimizeHandle:
         """Take everything back in reverse order and put the original scheduler back; idempotent."""
         if not self.active:
             return
+        if self.cache is not None:
+            self.cache.disable()
         if self.dit_savings is not None:
             self.dit_savings.disable()
         if self.attention is not None:
             self.attention.reset()
-        if self.cache is not None:
-            self.cache.disable()
         if self.guidance is not None:
             self.guidance.disable()
         self.pipe.scheduler = self.original_scheduler
@@ -260,9 +262,14 @@ def optimize(
         cache: ``None``, a method name (``"fora"``, ``"dynamic"``, ``"harmonica"``, ``"static"``, ``"none"``),
             ``(name, knobs_dict)`` or a ``CachePolicy``; refused for UNet pipelines (SD, SDXL).
         attention: ``None``, a :func:`fastsample.kernels.set_attention` backend (``"auto"``, ``"sdpa"``,
-            ``"xformers"``, ``"triton"``) or ``(backend, {"kernels": [...]})`` for an SDPA kernel subset.
+            ``"xformers"``, ``"triton"``) or ``(backend, knobs)`` with ``knobs`` from ``{"kernels": [...]}``
+            (an SDPA kernel subset) and ``{"fused_prologue": bool}`` (Flux's fused QK RMSNorm + RoPE).
         dit_savings: ``True`` (or a dict of :func:`fastsample.kernels.enable_dit_savings` keywords) for the
-            exact DiT savings: one timestep/label embedding per step, one batched adaLN matmul; DiT only.
+            exact DiT savings: one timestep/label embedding per step, one batched adaLN matmul; DiT only
+            (``{"fused_modulate": True, "fused_gated_residual": True}`` adds the Triton fusions).
+
+    Applied in the order scheduler, guidance, attention, DiT savings, cache (a block-level cache wraps the
+    blocks as the savings left them) and undone in reverse.
 
     Every argument is validated and built before the pipeline changes; if enabling a piece still fails,
     the pieces already applied are undone before the error propagates.
@@ -289,11 +296,6 @@ def optimize(
         if method is not None:
             handle.guidance = enable_guidance(pipe, method)
             handle.lines.append(f"guidance: {type(method).__name__} ({adapter.cfg_layout} CFG layout)")
-        if cache_plan is not None:
-            policy, call_knobs = cache_plan
-            handle.cache = enable_cache(pipe, policy, **call_knobs)
-            described = policy.describe() if hasattr(policy, "describe") else type(policy).__name__
-            handle.lines.append(f"cache: {type(policy).__name__} {described} on {adapter.denoiser_attr}")
         if attention_plan is not None:
             from fastsample.kernels import set_attention
 
@@ -305,6 +307,12 @@ def optimize(
 
             handle.dit_savings = enable_dit_savings(pipe, **savings_plan)
             handle.lines.append(f"dit savings: {handle.dit_savings.describe()}")
+        # last: a block-level cache wraps the blocks as the savings left them
+        if cache_plan is not None:
+            policy, call_knobs = cache_plan
+            handle.cache = enable_cache(pipe, policy, **call_knobs)
+            described = policy.describe() if hasattr(policy, "describe") else type(policy).__name__
+            handle.lines.append(f"cache: {type(policy).__name__} {described} on {adapter.denoiser_attr}")
     except BaseException:
         handle.undo()
         raise

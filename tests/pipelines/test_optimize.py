@@ -183,6 +183,23 @@ def test_attention_and_dit_savings_compose_and_undo_exactly(name):
         np.testing.assert_allclose(_run(pipe, name), composed, atol=1e-5)
 
 
+def test_fused_dit_path_under_a_block_level_cache():
+    """The Triton fusions (interpreter mode on CPU) with a block-level FORA cache: optimize enables the
+    savings before the cache, so the cache wraps the fused blocks; same images as the cache alone."""
+    pipe = tiny_pipeline("dit")
+    sched, guid, _ = RECIPES["dit"]
+    cache = ("fora", {"interval": 2, "level": "block"})
+    with optimize(pipe, scheduler=sched, guidance=guid, cache=cache):
+        reference = _run(pipe, "dit")
+    fused = {"fused_modulate": True, "fused_gated_residual": True}
+    with optimize(pipe, scheduler=sched, guidance=guid, cache=cache, dit_savings=fused) as handle:
+        assert "fused gated residual" in handle.summary()
+        out = _run(pipe, "dit")
+        assert handle.cache.stats().hit_ratio > 0
+    np.testing.assert_allclose(out, reference, atol=1e-5)
+    assert _untouched(pipe)
+
+
 def test_dit_savings_refused_on_other_denoisers():
     pipe = tiny_pipeline("pixart")
     with pytest.raises(ValueError, match="DiTTransformer2DModel"):
