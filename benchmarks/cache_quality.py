@@ -31,6 +31,7 @@ open no cache context); diffusers caches that cannot run on DiT are recorded wit
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import json
 import logging
 import math
@@ -74,12 +75,13 @@ def train(args: argparse.Namespace) -> int:
             beta=beta,
             iepo_every=args.iepo_every,
             seed=args.seed,
+            init_interval=args.init_interval,
         )
         start = time.perf_counter()
         artifact, history = train_router(pipe, config, progress=not args.quiet)
         seconds = time.perf_counter() - start
         artifact.training["wall_s"] = seconds
-        path = artifact.save_pretrained(out / f"beta-{beta:g}")
+        path = artifact.save_pretrained(out / (f"beta-{beta:g}" + (f"-{args.tag}" if args.tag else "")))
         mask = artifact.mask()
         print(
             f"beta={beta:g}: {config.iterations} iterations in {seconds:.0f} s, loss {history[0]:.3g} -> "
@@ -416,10 +418,18 @@ def _interpolate(points: list[tuple[float, float]], at: float) -> float | None:
     return None
 
 
+def _router_family(artifact) -> str:
+    """Curve name of a router: "HarmoniCa (<iterations> it[, FORA(N) init])"."""
+    training = artifact.training
+    init = training.get("init_interval")
+    return f"HarmoniCa ({training['iterations']} it" + (f", FORA({init}) init)" if init else ")")
+
+
 def run(args: argparse.Namespace) -> int:
     import numpy as np
     from tqdm.auto import tqdm
 
+    from fastsample.cache import RouterArtifact
     from fastsample.eval.bench import _balanced_labels, _statistics, _timed_call, _versions
     from fastsample.eval.extractors import InDomainExtractor
     from fastsample.eval.frechet import frechet_distance
@@ -463,6 +473,12 @@ def run(args: argparse.Namespace) -> int:
     profiles = mac_profiles(pipe, call)
     logger.info("MACs per forward at batch %d (CFG x2): %.3g", args.batch_size, profiles["unit"][0])
 
+    patterns = [p.strip() for p in args.rows.split(",") if p.strip()]
+
+    def selected(name: str) -> bool:
+        return any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns)
+
+    want_diffusers = any(p.startswith("diffusers") or p == "*" for p in patterns)
     rows: list[Row] = [Uncached()]
     for n in (2, 3, 4):
         rows.append(FastsampleRow(f"fora-{n}", "FORA", f"N={n}", "fora", profiles, interval=n))
@@ -477,22 +493,27 @@ def run(args: argparse.Namespace) -> int:
                 threshold=threshold,
             )
         )
-    routers = sorted((out / "routers").glob("beta-*"), key=lambda p: float(p.name[5:]))
-    if not routers:
+    routers = [(RouterArtifact.from_pretrained(path), path) for path in (out / "routers").glob("beta-*")]
+    if not routers and selected("harmonica-x"):
         raise FileNotFoundError(f"no routers in {out / 'routers'}: run the `train` stage first")
-    for path in routers:
+    for artifact, path in sorted(routers, key=lambda ap: (_router_family(ap[0]), ap[0].training["beta"])):
         rows.append(
             FastsampleRow(
                 f"harmonica-{path.name}",
-                "HarmoniCa",
-                path.name.replace("-", " "),
+                _router_family(artifact),
+                f"beta {artifact.training['beta']:g}",
                 "harmonica",
                 profiles,
                 router=str(path),
             )
         )
-    extra, unavailable = diffusers_rows(pipe, current_timestep, args.steps, args.guidance_scale)
-    rows += extra
+    if want_diffusers:
+        extra, unavailable = diffusers_rows(pipe, current_timestep, args.steps, args.guidance_scale)
+        rows += extra
+    else:
+        unavailable = {}
+    rows = [row for row in rows if row.name == "uncached" or selected(row.name)]
+    logger.info("rows: %s", [row.name for row in rows])
     with torch.no_grad():
         probe_after = model(probe_x, timestep=probe_t, class_labels=probe_y).sample
     if not torch.equal(probe_before, probe_after):
@@ -749,6 +770,13 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--batch-size", type=int, default=8)
     t.add_argument("--lr", type=float, default=0.15)
     t.add_argument("--iepo-every", type=int, default=190)
+    t.add_argument(
+        "--init-interval",
+        type=int,
+        default=None,
+        help="start the router from FORA(N)'s schedule instead of N(0, 1) logits (the paper's)",
+    )
+    t.add_argument("--tag", default="", help="suffix of the router directories (beta-<β>-<tag>)")
     t.add_argument("--quiet", action="store_true")
     t.set_defaults(func=train)
     r = sub.add_parser("run", parents=[common], help="sample every row and write the report")
@@ -757,6 +785,13 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--reference-samples", type=int, default=2000)
     r.add_argument("--thresholds", default="0.05,0.1,0.2", help="dynamic-threshold values")
     r.add_argument("--bootstrap", type=int, default=200)
+    r.add_argument(
+        "--rows",
+        default="*",
+        help="comma-separated fnmatch patterns of the row names to run (default *: all), e.g. "
+        "'fora-*,dynamic-*,harmonica-*'; uncached always runs; diffusers' rows (and MagCache's "
+        "calibration) only with a pattern starting with 'diffusers' or '*'",
+    )
     r.add_argument("--plot", default="benchmarks/results/img/cache_quality.png")
     r.set_defaults(func=run)
     args = parser.parse_args(argv)

@@ -90,6 +90,12 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--iepo-every", type=int, default=d.iepo_every, help="recompute the IEPO weights λ every C iterations"
     )
+    p.add_argument(
+        "--init-interval",
+        type=int,
+        default=d.init_interval,
+        help="start the router from FORA(N)'s schedule instead of a random init",
+    )
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_run)

@@ -37,15 +37,40 @@ def model_config_hash(model: torch.nn.Module) -> str:
 
 
 class Router(torch.nn.Module):
-    """Per-step logits: ``logits[0] = +5`` (fixed), ``logits[1:] = θ`` (trainable, init N(0, 1))."""
+    """Per-step logits: ``logits[0] = +5`` (fixed), ``logits[1:] = θ`` (trainable).
 
-    def __init__(self, num_steps: int, num_units: int, generator: torch.Generator | None = None) -> None:
+    θ starts from N(0, 1) (the paper), or, with ``init_mask`` (bool ``[num_steps, num_units]``, ``True`` =
+    compute, e.g. FORA(2)'s schedule), at ``+init_logit`` where the mask computes and ``-init_logit`` where it
+    reuses, so that the untrained router's inference mask (``sigmoid(θ) > τ``) is that schedule for every
+    ``τ`` in ``(sigmoid(-init_logit), sigmoid(init_logit))``.
+    """
+
+    def __init__(
+        self,
+        num_steps: int,
+        num_units: int,
+        generator: torch.Generator | None = None,
+        init_mask: np.ndarray | None = None,
+        init_logit: float = 3.0,
+    ) -> None:
         super().__init__()
         if num_steps < 2 or num_units < 1:
             raise ValueError(
                 f"a router needs num_steps >= 2 and num_units >= 1, got {num_steps}, {num_units}."
             )
-        self.theta = torch.nn.Parameter(torch.randn(num_steps - 1, num_units, generator=generator))
+        if init_mask is None:
+            theta = torch.randn(num_steps - 1, num_units, generator=generator)
+        else:
+            mask = np.asarray(init_mask)
+            if mask.dtype != np.bool_ or mask.shape != (num_steps, num_units):
+                raise ValueError(
+                    f"init_mask must be a boolean [{num_steps}, {num_units}] array, got "
+                    f"{mask.dtype} {mask.shape}."
+                )
+            if not 0 < init_logit <= LOGIT_BOUND:
+                raise ValueError(f"init_logit must be in (0, {LOGIT_BOUND}], got {init_logit!r}.")
+            theta = torch.where(torch.from_numpy(mask[1:].copy()), init_logit, -init_logit).float()
+        self.theta = torch.nn.Parameter(theta)
         self.register_buffer("first", torch.full((1, num_units), FIXED_FIRST_LOGIT), persistent=False)
 
     @property

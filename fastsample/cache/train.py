@@ -12,7 +12,8 @@ One *episode* is one sampling trajectory of the cached model itself (SDT):
    ``L_k = λ_k · mean((ε̂_k - ε*_k)²) + β · Σ_u r_k,u``; AdamW on θ only; clamp θ to [-5, 5];
    ``x_{k+1} = step(x_k, ε̂_k)`` (the student's own trajectory).
 
-IEPO: every ``iepo_every`` iterations, on a fixed noise batch and without grad, ``x0^(0)`` is sampled with
+IEPO: every ``iepo_every`` iterations (at the first episode start at or after each multiple), on a fixed
+noise batch and without grad, ``x0^(0)`` is sampled with
 full compute and ``x0^(k)`` with the soft routers of steps 1..k switched on;
 ``λ_k = mean((x0^(k) - x0^(k-1))²)``, the marginal final-sample error caused by caching at step k.
 
@@ -28,6 +29,7 @@ import logging
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -52,6 +54,7 @@ class RouterTrainingConfig:
     threshold: float = 0.1
     iepo_every: int = 500
     seed: int = 0
+    init_interval: int | None = None  # None: θ ~ N(0, 1) (paper); N: start from FORA(N)'s schedule
 
     def validate(self) -> None:
         ints = {"num_inference_steps": 2, "iterations": 1, "batch_size": 1, "iepo_every": 1}
@@ -65,6 +68,12 @@ class RouterTrainingConfig:
             raise ValueError(f"beta must be >= 0, got {self.beta!r}.")
         if not 0 < self.threshold < 1:
             raise ValueError(f"threshold τ must be in (0, 1), got {self.threshold!r}.")
+        if self.init_interval is not None and (
+            isinstance(self.init_interval, bool)
+            or not isinstance(self.init_interval, int)
+            or self.init_interval < 1
+        ):
+            raise ValueError(f"init_interval must be None or an integer >= 1, got {self.init_interval!r}.")
         if not self.guidance_scale >= 1:
             raise ValueError(f"guidance_scale must be >= 1, got {self.guidance_scale!r}.")
 
@@ -251,13 +260,21 @@ def train_router(
     sampler = _Sampler(pipe, config, device)
     try:
         gen = torch.Generator().manual_seed(config.seed)
-        router = Router(config.num_inference_steps, len(sampler.controller.sites), generator=gen).to(device)
+        steps, units = config.num_inference_steps, len(sampler.controller.sites)
+        init_mask = None
+        if config.init_interval is not None:
+            fora = FORA(interval=config.init_interval)
+            init_mask = np.array([fora.plan(k, units) for k in range(steps)], dtype=bool)
+        router = Router(steps, units, generator=gen, init_mask=init_mask).to(device)
         optimizer = torch.optim.AdamW(router.parameters(), lr=config.lr, weight_decay=0.0)
         router, optimizer = accelerator.prepare(router, optimizer)
         fixed = sampler.noise(torch.Generator().manual_seed(config.seed + 1))  # same on every process
         episode_gen = torch.Generator().manual_seed(config.seed + 2 + 1000 * accelerator.process_index)
         history: list[float] = []
         lambdas = None
+        refreshes: list[int] = []  # iteration of every IEPO refresh, and the scheduled hit ratio then
+        hit_ratios: list[float] = []
+        next_refresh = 0  # IEPO at the first episode start at or after each multiple of iepo_every
         bar = tqdm(
             total=config.iterations,
             disable=not progress or not accelerator.is_local_main_process,
@@ -270,11 +287,12 @@ def train_router(
             bar.set_postfix(loss=f"{loss:.3g}")
 
         while len(history) < config.iterations:
-            if (
-                lambdas is None
-                or len(history) // config.iepo_every != (len(history) - 1) // config.iepo_every
-            ):
+            if len(history) >= next_refresh:
                 lambdas = _iepo_weights(sampler, router, *fixed)
+                refreshes.append(len(history))
+                logits = accelerator.unwrap_model(router).logits.detach()
+                hit_ratios.append(float((torch.sigmoid(logits) <= config.threshold).float().mean()))
+                next_refresh = (len(history) // config.iepo_every + 1) * config.iepo_every
             x, labels = sampler.noise(episode_gen)
             _episode(
                 sampler,
@@ -293,7 +311,12 @@ def train_router(
             sampler,
             unwrapped,
             config,
-            {"num_processes": accelerator.num_processes, "final_lambdas": lambdas.tolist()},
+            {
+                "num_processes": accelerator.num_processes,
+                "final_lambdas": lambdas.tolist(),
+                "iepo_refreshed_at": refreshes,
+                "hit_ratio_at_refresh": hit_ratios,
+            },
         )
     finally:
         sampler.close()

@@ -171,3 +171,57 @@ def test_router_trains_on_fastsample_pixel_dit_pipeline():
     pipe(class_labels=[1], guidance_scale=2.0, num_inference_steps=3, output_type="np")
     np.testing.assert_array_equal(handle.stats().computed["default"], artifact.mask())
     handle.disable()
+
+
+def test_iepo_weights_are_refreshed_every_iepo_every_iterations(monkeypatch):
+    """λ is recomputed at the first episode start at or after each multiple of ``iepo_every``, also when
+    ``iepo_every`` is not a multiple of the iterations per episode (T - 1). The old rule refreshed only at
+    common multiples: with the paper's T=10, C=500 every 4,500 instead of every 500 iterations."""
+    import fastsample.cache.train as train_module
+
+    calls = []
+    real = train_module._iepo_weights
+
+    def counting(sampler, router, x, labels):
+        calls.append(1)
+        return real(sampler, router, x, labels)
+
+    monkeypatch.setattr(train_module, "_iepo_weights", counting)
+    pipe = tiny_pipeline("dit")
+    # T = 3: 2 iterations per episode; episodes start at 0, 2, 4, 6, 8; multiples of 3: 0, 3, 6
+    config = RouterTrainingConfig(
+        num_inference_steps=3, iterations=9, batch_size=1, lr=0.1, beta=1e-4, iepo_every=3
+    )
+    artifact, history = train_router(pipe, config, progress=False)
+    assert len(history) == 9
+    assert artifact.training["iepo_refreshed_at"] == [0, 4, 6]
+    assert len(calls) == 3
+    per_episode = config.num_inference_steps - 1
+    for multiple in range(0, config.iterations, config.iepo_every):
+        assert any(multiple <= at < multiple + per_episode for at in artifact.training["iepo_refreshed_at"])
+
+
+def test_router_can_start_from_the_fora_schedule():
+    pipe = tiny_pipeline("dit")
+    steps = 4
+    # reference: which units FORA(2) computes in a real cached run
+    handle = enable_cache(pipe, "fora", interval=2)
+    pipe(**call_kwargs("dit", num_inference_steps=steps))
+    fora_mask = handle.stats().computed["default"]
+    handle.disable()
+    assert not fora_mask.all()
+    router = Router(steps, fora_mask.shape[1], init_mask=fora_mask)
+    assert torch.equal(torch.sigmoid(router.logits) > 0.1, torch.from_numpy(fora_mask))
+    with pytest.raises(ValueError, match="init_mask"):
+        Router(steps, fora_mask.shape[1], init_mask=fora_mask[1:])
+    with pytest.raises(ValueError, match="init_logit"):
+        Router(steps, fora_mask.shape[1], init_mask=fora_mask, init_logit=6.0)
+    # training from it with a negligible learning rate keeps FORA(2)'s schedule
+    config = RouterTrainingConfig(
+        num_inference_steps=steps, iterations=3, batch_size=1, lr=1e-6, beta=1e-4, init_interval=2
+    )
+    artifact, _ = train_router(pipe, config, progress=False)
+    np.testing.assert_array_equal(artifact.mask(), fora_mask)
+    assert artifact.training["init_interval"] == 2
+    with pytest.raises(ValueError, match="init_interval"):
+        train_router(pipe, RouterTrainingConfig(init_interval=0), progress=False)
