@@ -4,6 +4,7 @@ Examples::
 
     fastsample train --steps 20000 --output-dir runs/dit --export fastsample/zoo/weights
     fastsample train --output-dir runs/dit --resume latest          # continue bit-exactly
+    fastsample train --output-dir runs/post --init-from runs/dit/checkpoint-20000 --steps 600  # post-train
     accelerate launch --num_processes 2 -m fastsample.training.commands train --steps 100 --output-dir runs/x
 
 ``python -m fastsample.training.commands train ...`` is the same command without the top-level CLI.
@@ -55,16 +56,25 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--label-dropout", type=float, default=d.label_dropout)
     parser.add_argument("--ema-decay", type=float, default=d.ema_decay)
-    parser.add_argument("--width", type=_positive_int, default=d.width, help="transformer width")
-    parser.add_argument("--head-dim", type=_positive_int, default=d.head_dim)
-    parser.add_argument("--depth", type=_positive_int, default=d.depth)
-    parser.add_argument("--patch-size", type=_positive_int, default=d.patch_size)
+    # Architecture: None = the --init-from source's, else the default shown.
+    parser.add_argument("--width", type=_positive_int, default=None, help=f"transformer width ({d.width})")
+    parser.add_argument("--head-dim", type=_positive_int, default=None, help=f"({d.head_dim})")
+    parser.add_argument("--depth", type=_positive_int, default=None, help=f"({d.depth})")
+    parser.add_argument("--patch-size", type=_positive_int, default=None, help=f"({d.patch_size})")
     parser.add_argument("--seed", type=int, default=d.seed)
     parser.add_argument("--mixed-precision", choices=("no", "bf16"), default=d.mixed_precision)
     parser.add_argument("--checkpoint-every-steps", type=int, default=0)
     parser.add_argument("--checkpoint-every-minutes", type=float, default=d.checkpoint_every_minutes)
     parser.add_argument("--keep-checkpoints", type=_positive_int, default=d.keep_checkpoints)
     parser.add_argument("--resume", default=None, help="a checkpoint folder, or 'latest' in --output-dir")
+    parser.add_argument(
+        "--init-from",
+        default=None,
+        metavar="PATH",
+        help="post-train: start a new run (step 0, fresh optimizer/LR/EMA warm-up) from the EMA weights of a "
+        "checkpoint folder or from an exported folder; architecture flags default to the source's and must "
+        "match it; not with --resume",
+    )
     parser.add_argument(
         "--export", default=None, metavar="DIR", help="export the EMA weights here at every checkpoint"
     )
@@ -75,8 +85,15 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _config_from_args(args: argparse.Namespace):
-    from .trainer import TrainConfig
+    from .trainer import ARCHITECTURE_FIELDS, TrainConfig, init_source
 
+    # Architecture flags not given: the --init-from source's (so post-training needs no repeated flags),
+    # else the defaults; given ones that differ from the source's are refused by the trainer.
+    source = init_source(args.init_from)["architecture"] if args.init_from is not None else {}
+    architecture = {}
+    for name in ARCHITECTURE_FIELDS:
+        value = getattr(args, name)
+        architecture[name] = value if value is not None else source.get(name, getattr(TrainConfig, name))
     sampler_kwargs = {}
     if args.sampler == "logit_normal":
         sampler_kwargs = {"mean": args.logit_mean, "std": args.logit_std}
@@ -96,10 +113,7 @@ def _config_from_args(args: argparse.Namespace):
         mixflow_gamma=args.mixflow_gamma,
         label_dropout=args.label_dropout,
         ema_decay=args.ema_decay,
-        width=args.width,
-        head_dim=args.head_dim,
-        depth=args.depth,
-        patch_size=args.patch_size,
+        **architecture,
         seed=args.seed,
         mixed_precision=args.mixed_precision,
         checkpoint_every_steps=args.checkpoint_every_steps,
@@ -109,6 +123,7 @@ def _config_from_args(args: argparse.Namespace):
         num_threads=args.num_threads,
         log_every=args.log_every,
         progress=not args.no_progress,
+        init_from=args.init_from,
     )
 
 

@@ -17,7 +17,14 @@ process ``p`` comes from generators seeded by ``(seed, k, p)``, and ``accelerate
 model, EMA, optimizer, LR scheduler and RNG states, so resuming from a checkpoint is bit-exact.
 
 Export (:func:`export_weights`) writes the EMA weights as fp16 safetensors + the model config + a
-``DPMSolverMultistepScheduler`` config with the same betas, to sample with.
+``DPMSolverMultistepScheduler`` config with the same betas (``FlowMatchEulerDiscreteScheduler`` for
+``"flow"``), to sample with.
+
+Post-training (``init_from``, ``fastsample train --init-from PATH``): a new run (step 0, fresh optimizer,
+LR warm-up and EMA warm-up) whose transformer *and* EMA start from the weights in ``PATH``: a checkpoint
+folder of this trainer (its EMA weights, float32) or an exported folder (``dit.safetensors``, fp16 upcast to
+float32). The architecture (width, head_dim, depth, patch_size) must match the source's; the command line
+takes it from ``PATH`` when those flags are not given (see :func:`init_source`).
 """
 
 from __future__ import annotations
@@ -49,7 +56,10 @@ __all__ = [
     "build_model",
     "build_noise_scheduler",
     "export_weights",
+    "init_source",
     "latest_checkpoint",
+    "load_checkpoint_ema",
+    "load_init_weights",
     "sampling_scheduler_config",
     "train",
 ]
@@ -61,6 +71,9 @@ CONFIG_FILE = DIT_CONFIG_FILE
 SCHEDULER_FILE = SCHEDULER_CONFIG_FILE
 _STATE_FILE = "trainer_state.json"
 TRAIN_PREDICTION_TYPES = ("epsilon", "sample", "v_prediction", "flow")
+ARCHITECTURE_FIELDS = ("width", "head_dim", "depth", "patch_size")
+_EMA_FILE = "custom_checkpoint_0.pkl"  # accelerate's name for the first registered object (the EMA)
+_MODEL_FILE = "model.safetensors"
 
 
 @dataclass
@@ -99,6 +112,7 @@ class TrainConfig:
     num_threads: int | None = None
     log_every: int = 50
     progress: bool = True
+    init_from: str | None = None  # post-training: start from these weights (see init_source)
 
     def validate(self) -> None:
         positive = ("steps", "batch_size", "width", "head_dim", "depth", "patch_size")
@@ -122,6 +136,107 @@ class TrainConfig:
             raise ValueError(f"mixed_precision must be 'no' or 'bf16', got {self.mixed_precision!r}")
         if not 0 < self.ema_decay < 1:
             raise ValueError(f"ema_decay must lie in (0, 1), got {self.ema_decay}")
+
+
+def init_source(path: str | os.PathLike) -> dict[str, Any]:
+    """Describe a ``--init-from`` source without loading weights: ``{"path", "kind", "architecture",
+    "prediction_type"}``.
+
+    ``kind`` is ``"checkpoint"`` (a ``checkpoint-N`` folder of :func:`train`, with ``train_config.json`` in
+    its parent) or ``"export"`` (``dit_config.json`` + ``dit.safetensors``, as :func:`export_weights` writes).
+    ``architecture`` maps :data:`ARCHITECTURE_FIELDS` to the source's values; ``prediction_type`` is the
+    source's training target (``None`` when an export's scheduler config does not say).
+    """
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"init_from: {path} does not exist or is not a folder")
+    if (path / _STATE_FILE).exists():
+        config_file = path.parent / "train_config.json"
+        if not config_file.exists():
+            raise FileNotFoundError(
+                f"init_from: checkpoint {path} has no {config_file.name} in its parent folder "
+                "(keep a checkpoint inside the output folder of its run)"
+            )
+        missing = [name for name in (_MODEL_FILE, _EMA_FILE) if not (path / name).exists()]
+        if missing:
+            raise FileNotFoundError(f"init_from: checkpoint {path} lacks {', '.join(missing)}")
+        fields = json.loads(config_file.read_text())
+        architecture = {name: fields.get(name, getattr(TrainConfig, name)) for name in ARCHITECTURE_FIELDS}
+        prediction_type = fields.get("prediction_type", "epsilon")
+        kind = "checkpoint"
+    elif (path / CONFIG_FILE).exists() and (path / WEIGHT_FILE).exists():
+        model_config = json.loads((path / CONFIG_FILE).read_text())
+        heads, head_dim = model_config["num_attention_heads"], model_config["attention_head_dim"]
+        architecture = {
+            "width": heads * head_dim,
+            "head_dim": head_dim,
+            "depth": model_config["num_layers"],
+            "patch_size": model_config["patch_size"],
+        }
+        prediction_type = None
+        if (path / SCHEDULER_FILE).exists():
+            scheduler_config = json.loads((path / SCHEDULER_FILE).read_text())
+            if scheduler_config.get("_class_name") == "FlowMatchEulerDiscreteScheduler":
+                prediction_type = "flow"
+            else:
+                prediction_type = scheduler_config.get("prediction_type")
+        kind = "export"
+    else:
+        raise FileNotFoundError(
+            f"init_from: {path} is neither a checkpoint folder of `fastsample train` (no {_STATE_FILE}) "
+            f"nor an exported model folder (needs {CONFIG_FILE} and {WEIGHT_FILE})"
+        )
+    return {"path": str(path), "kind": kind, "architecture": architecture, "prediction_type": prediction_type}
+
+
+def load_checkpoint_ema(checkpoint: str | os.PathLike, model: torch.nn.Module) -> torch.nn.Module:
+    """Copy the EMA weights of a :func:`train` checkpoint folder into ``model`` (in place; returns it)."""
+    from safetensors.torch import load_file
+
+    checkpoint = Path(checkpoint)
+    model.load_state_dict(load_file(str(checkpoint / _MODEL_FILE)), strict=True)  # also checks the keys
+    shadow = torch.load(checkpoint / _EMA_FILE, weights_only=True, map_location="cpu")["shadow_params"]
+    params = list(model.parameters())
+    if len(shadow) != len(params):
+        raise ValueError(f"{checkpoint}: {len(shadow)} EMA tensors for a model with {len(params)} parameters")
+    with torch.no_grad():
+        for param, value in zip(params, shadow, strict=True):
+            param.copy_(value)
+    return model
+
+
+def load_init_weights(config: TrainConfig, model: torch.nn.Module) -> dict[str, Any]:
+    """Load ``config.init_from`` into ``model`` (built from ``config``), after checking the architecture.
+
+    Returns :func:`init_source`'s description. Raises ``ValueError`` naming the fields that differ.
+    """
+    source = init_source(config.init_from)
+    requested = {name: getattr(config, name) for name in ARCHITECTURE_FIELDS}
+    differ = {k: (requested[k], v) for k, v in source["architecture"].items() if requested[k] != v}
+    if differ:
+        text = ", ".join(f"{k}: requested {a}, source {b}" for k, (a, b) in differ.items())
+        raise ValueError(f"init_from: the architecture of {source['path']} differs ({text})")
+    if source["prediction_type"] not in (None, config.prediction_type):
+        logger.warning(
+            "init_from: %s was trained with prediction_type %r, this run trains %r",
+            source["path"],
+            source["prediction_type"],
+            config.prediction_type,
+        )
+    if source["kind"] == "checkpoint":
+        load_checkpoint_ema(source["path"], model)
+    else:
+        from ..zoo.default import load_dit
+
+        exported = load_dit(source["path"])  # float32; also refuses a foreign model class
+        ours = {k: v for k, v in model.config.items() if not k.startswith("_")}
+        theirs = {k: exported.config.get(k) for k in ours}
+        if theirs != ours:
+            differ = [k for k in ours if theirs[k] != ours[k]]
+            text = ", ".join(f"{k}: requested {ours[k]}, source {theirs[k]}" for k in differ)
+            raise ValueError(f"init_from: the model config of {source['path']} differs ({text})")
+        model.load_state_dict(exported.state_dict(), strict=True)
+    return source
 
 
 def build_model(config: TrainConfig) -> Any:
@@ -260,13 +375,23 @@ def latest_checkpoint(output_dir: str | os.PathLike) -> Path | None:
 def train(config: TrainConfig, resume: str | os.PathLike | None = None) -> dict[str, Any]:
     """Train (or resume) the embedded DiT. ``resume`` is a checkpoint folder or ``"latest"``.
 
-    Returns a summary: final step, last logged loss, wall-clock seconds and the output directory.
+    With ``config.init_from`` the run starts at step 0 from those weights (model and EMA; fresh optimizer
+    and LR schedule); it cannot be combined with ``resume`` (resume a post-training run without it: its
+    ``train_config.json`` keeps the record). Returns a summary: final step, last logged loss, wall-clock
+    seconds and the output directory.
     """
     from accelerate import Accelerator
     from diffusers.training_utils import EMAModel
     from tqdm.auto import tqdm
 
     config.validate()
+    if config.init_from is not None:
+        if resume is not None:
+            raise ValueError(
+                "init_from and resume exclude each other: init_from starts a new run at step 0, resume "
+                "continues a run (a resumed post-training run keeps its init_from record)"
+            )
+        init_source(config.init_from)  # refuse a missing or unreadable source before anything is built
     if config.num_threads:
         torch.set_num_threads(config.num_threads)
     output_dir = Path(config.output_dir)
@@ -274,6 +399,9 @@ def train(config: TrainConfig, resume: str | os.PathLike | None = None) -> dict[
     with torch.random.fork_rng(devices=[]):  # seeded initialisation without touching the global RNG
         torch.manual_seed(config.seed)
         model = build_model(config)
+    if config.init_from is not None:
+        source = load_init_weights(config, model)
+        logger.info("initialised from the %s %s (step 0)", source["kind"], source["path"])
     noise_scheduler = build_noise_scheduler(config.prediction_type)
     objective = DiffusionObjective(
         noise_scheduler,
@@ -313,7 +441,13 @@ def train(config: TrainConfig, resume: str | os.PathLike | None = None) -> dict[
             logger.info("resumed from %s at step %d", path, step)
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
-        (output_dir / "train_config.json").write_text(json.dumps(asdict(config), indent=2) + "\n")
+        record = asdict(config)
+        previous = output_dir / "train_config.json"
+        if config.init_from is not None:  # absolute, so that the record is usable from anywhere
+            record["init_from"] = str(Path(config.init_from).resolve())
+        elif resume is not None and previous.exists():  # keep a post-training run's init_from on resume
+            record["init_from"] = json.loads(previous.read_text()).get("init_from")
+        (output_dir / "train_config.json").write_text(json.dumps(record, indent=2) + "\n")
 
     null_label = NUM_CLASSES
     per_process = config.batch_size
