@@ -128,6 +128,7 @@ class CacheHandle:
         self.enabled = False
 
     def _end_call(self) -> None:
+        self._controller.call_args = None  # do not keep the call's tensors alive
         self._warn_if_nothing_reused()
 
     def _warn_if_nothing_reused(self) -> None:
@@ -210,7 +211,7 @@ def enable_cache(
     invalidate_registry_cache(model)
     handle = CacheHandle(controller, hooked, model, pipe)
     if pipe is not None:
-        on_call(pipe, CALL_KEY, controller.reset, handle._end_call)
+        on_call(pipe, CALL_KEY, controller.reset, handle._end_call, with_arguments=True)
     logger.info(
         "fastsample cache enabled: %s on %d %s-level sites of %s",
         policy.describe(),

@@ -99,13 +99,18 @@ class CacheController:
         self.soft_scores: torch.Tensor | None = None
         self.soft_refresh: list[bool] = []
         self._counter: Any = None
+        self.call_args: dict[str, Any] | None = None
         self._site_flops = np.zeros(len(self.sites))
 
     # ------------------------------------------------------------------ lifecycle
-    def reset(self) -> None:
-        """Forget every step and cached tensor (buffers are kept for reuse); starts a new sampling run."""
+    def reset(self, call_args: dict[str, Any] | None = None) -> None:
+        """Forget every step and cached tensor (buffers are kept for reuse); starts a new sampling run.
+
+        ``call_args``: the pipeline call's bound arguments (:func:`fastsample.pipelines.call_scope.on_call`),
+        handed to the policy's ``check_call``."""
         if self.active is not None:
             raise RuntimeError("cannot reset the cache in the middle of a denoiser forward.")
+        self.call_args = call_args
         for state in self.states.values():
             state.reset()
 
@@ -126,7 +131,7 @@ class CacheController:
         if self.mode != "cache" or step == 0:
             flags: list[bool | None] = [True] * n
             if self.mode == "cache":
-                self.policy.check_call(step, kwargs.get("timestep"), self.pipe)
+                self.policy.check_call(step, kwargs.get("timestep"), self.pipe, self.call_args)
         elif self.policy.dynamic:
             flags = [True] + [None] * (n - 1)  # block 0 decides for the rest
         else:

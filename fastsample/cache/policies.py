@@ -47,8 +47,11 @@ class CachePolicy:
         """Compute flags for every site at ``step`` (``step >= 1``)."""
         raise NotImplementedError
 
-    def check_call(self, step: int, timestep: Any, pipe: Any | None) -> None:
-        """Called at step 0 of every context; policies tied to a schedule validate it here."""
+    def check_call(
+        self, step: int, timestep: Any, pipe: Any | None, call_args: dict[str, Any] | None = None
+    ) -> None:
+        """Called at step 0 of every context (``call_args``: the pipeline call's bound arguments, ``None``
+        for a bare model); policies tied to a schedule validate it here."""
 
     def describe(self) -> str:
         return self.name

@@ -206,7 +206,9 @@ class HarmoniCaPolicy(StaticSchedule):
         if problems:
             raise ValueError("HarmoniCa router does not match this model: " + "; ".join(problems) + ".")
 
-    def check_call(self, step: int, timestep: Any, pipe: Any | None) -> None:
+    def check_call(
+        self, step: int, timestep: Any, pipe: Any | None, call_args: dict[str, Any] | None = None
+    ) -> None:
         expected = self.router.timesteps
         if pipe is not None:
             scheduler = pipe.scheduler
@@ -218,7 +220,7 @@ class HarmoniCaPolicy(StaticSchedule):
                 problems.append(f"timesteps {actual} != {expected}")
             from fastsample.pipelines.adapters import get_adapter
 
-            scale = get_adapter(pipe).guidance_scale(pipe, None)
+            scale = get_adapter(pipe).guidance_scale(pipe, call_args)
             if scale is not None and not np.isclose(scale, self.router.guidance_scale):
                 problems.append(f"guidance scale {scale} != {self.router.guidance_scale}")
             if problems:

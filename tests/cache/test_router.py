@@ -57,6 +57,16 @@ def test_harmonica_policy_runs_its_mask_in_the_pipeline(tmp_path):
     handle.disable()
 
 
+def test_router_refuses_a_call_with_another_guidance_scale():
+    """DiT keeps its scale only as a ``__call__`` argument: the check reads the call's bound arguments."""
+    pipe = tiny_pipeline("dit")
+    artifact = _artifact(pipe, guidance_scale=4.0)
+    with enable_cache(pipe, "harmonica", router=artifact):
+        pipe(**call_kwargs("dit", num_inference_steps=3, guidance_scale=4.0))  # the trained scale runs
+        with pytest.raises(ValueError, match="guidance scale 2.0 != 4.0"):
+            pipe(**call_kwargs("dit", num_inference_steps=3, guidance_scale=2.0))
+
+
 def test_router_mismatch_is_refused(tmp_path):
     pipe = tiny_pipeline("dit")
     artifact = _artifact(pipe)
