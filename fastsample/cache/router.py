@@ -36,6 +36,14 @@ def model_config_hash(model: torch.nn.Module) -> str:
     return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()
 
 
+def inference_mask(logits: torch.Tensor, threshold: float) -> np.ndarray:
+    """HarmoniCa's schedule: unit u computes at step k iff ``sigmoid(logits[k, u]) > τ``, as a bool
+    ``[steps, units]`` array; step 0 always computes."""
+    mask = (torch.sigmoid(logits.detach().cpu()) > threshold).numpy()
+    mask[0] = True
+    return mask
+
+
 class Router(torch.nn.Module):
     """Per-step logits: ``logits[0] = +5`` (fixed), ``logits[1:] = θ`` (trainable).
 
@@ -117,11 +125,8 @@ class RouterArtifact:
         return int(self.logits.shape[0])
 
     def mask(self, threshold: float | None = None) -> np.ndarray:
-        """``sigmoid(logits) > τ`` as a bool ``[steps, units]`` array; step 0 always computes."""
-        tau = self.threshold if threshold is None else threshold
-        mask = (torch.sigmoid(self.logits) > tau).numpy()
-        mask[0] = True
-        return mask
+        """:func:`inference_mask` of the trained logits at ``threshold`` (default: the artifact's τ)."""
+        return inference_mask(self.logits, self.threshold if threshold is None else threshold)
 
     def metadata(self) -> dict[str, Any]:
         return {

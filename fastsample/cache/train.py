@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 
 from fastsample.cache.api import enable_cache
 from fastsample.cache.policies import FORA
-from fastsample.cache.router import Router, RouterArtifact, model_config_hash
+from fastsample.cache.router import Router, RouterArtifact, inference_mask, model_config_hash
 from fastsample.cache.units import find_units
 
 logger = logging.getLogger(__name__)
@@ -290,8 +290,8 @@ def train_router(
             if len(history) >= next_refresh:
                 lambdas = _iepo_weights(sampler, router, *fixed)
                 refreshes.append(len(history))
-                logits = accelerator.unwrap_model(router).logits.detach()
-                hit_ratios.append(float((torch.sigmoid(logits) <= config.threshold).float().mean()))
+                logits = accelerator.unwrap_model(router).logits
+                hit_ratios.append(float(1.0 - inference_mask(logits, config.threshold).mean()))
                 next_refresh = (len(history) // config.iepo_every + 1) * config.iepo_every
             x, labels = sampler.noise(episode_gen)
             _episode(

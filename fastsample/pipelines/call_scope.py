@@ -22,15 +22,14 @@ _REGISTRY_ATTR = "_fastsample_call_callbacks"
 _ORIGINAL_CLASS_ATTR = "_fastsample_original_class"
 
 
-def _bound_arguments(cls: type, pipe: Any, args: tuple, kwargs: dict) -> dict[str, Any]:
-    """``cls.__call__``'s arguments (without ``self``) with defaults applied; ``**kwargs`` entries are
-    flattened in."""
-    bound = inspect.signature(cls.__call__).bind(pipe, *args, **kwargs)
+def _bound_arguments(signature: inspect.Signature, pipe: Any, args: tuple, kwargs: dict) -> dict[str, Any]:
+    """The arguments of a call of ``__call__`` (``signature``) without ``self``, with defaults applied;
+    ``**kwargs`` entries are flattened in."""
+    bound = signature.bind(pipe, *args, **kwargs)
     bound.apply_defaults()
-    params = inspect.signature(cls.__call__).parameters
     out: dict[str, Any] = {}
     for name, value in list(bound.arguments.items())[1:]:
-        if params[name].kind is inspect.Parameter.VAR_KEYWORD:
+        if signature.parameters[name].kind is inspect.Parameter.VAR_KEYWORD:
             out.update(value)
         else:
             out[name] = value
@@ -38,11 +37,13 @@ def _bound_arguments(cls: type, pipe: Any, args: tuple, kwargs: dict) -> dict[st
 
 
 def _scoped_subclass(cls: type) -> type:
+    signature = inspect.signature(cls.__call__)
+
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         callbacks = list(getattr(self, _REGISTRY_ATTR).values())
         arguments = None
         if any(with_arguments for _, _, with_arguments in callbacks):
-            arguments = _bound_arguments(cls, self, args, kwargs)  # a bad call raises here, as it would
+            arguments = _bound_arguments(signature, self, args, kwargs)  # a bad call raises here, as it would
         for start, _, with_arguments in callbacks:
             if with_arguments:
                 start(dict(arguments))
