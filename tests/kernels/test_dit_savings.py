@@ -134,16 +134,30 @@ def test_pipeline_with_cache_and_guidance():
 
 
 def test_shipped_default_dit():
-    """The shipped DiT was trained from a random init: its 6 embeddings differ, so this is the bmm path."""
+    """The shipped DiT was trained from a random init: its 6 embeddings differ, so this is the bmm path.
+
+    The denoiser output is compared at fp32 round-off (1e-5). The 3-step images are compared more loosely: the
+    batched matmul sums in another order (~2e-6 on the model output), and the first solver step turns ε into x0
+    by dividing by sqrt(ᾱ) = 6.3e-3 at t = 999, which scales that round-off by ~160.
+    """
     pipe = fs.load_default_pipeline()
     pipe.set_progress_bar_config(disable=True)
+    model = pipe.transformer
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(4, 3, 32, 32, generator=generator)
+    inputs = dict(timestep=torch.tensor([999, 500, 100, 10]), class_labels=torch.tensor([0, 1, 10, 3]))
     kwargs = dict(class_labels=[0, 1], num_inference_steps=3, output_type="pt")
+    with torch.no_grad():
+        expected_forward = model(x, **inputs).sample
     expected = pipe(**kwargs, generator=torch.Generator().manual_seed(0)).images
     with enable_dit_savings(pipe) as handle:
+        with torch.no_grad():
+            got_forward = model(x, **inputs).sample
         got = pipe(**kwargs, generator=torch.Generator().manual_seed(0)).images
         described = handle.describe()
     assert "6 distinct embedding(s)" in described and "bmm" in described
-    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(got_forward, expected_forward, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(got, expected, atol=1e-3, rtol=1e-3)
 
 
 @pytest.mark.slow
