@@ -16,7 +16,9 @@ import contextlib
 import json
 import os
 import pickle
+import struct
 import zipfile
+import zlib
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -72,6 +74,9 @@ _PARSE_ERRORS: tuple[type[BaseException], ...] = (
     pickle.UnpicklingError,
     zipfile.BadZipFile,
     OverflowError,
+    MemoryError,  # a corrupt size field asking for an impossible allocation
+    struct.error,
+    zlib.error,
 )
 
 
@@ -124,7 +129,9 @@ def read_safetensors(path: str | os.PathLike, expected: str = "a safetensors fil
         return load_file(os.fspath(path))
 
 
-def read_safetensors_metadata(path: str | os.PathLike, expected: str = "a safetensors file") -> dict[str, str]:
+def read_safetensors_metadata(
+    path: str | os.PathLike, expected: str = "a safetensors file"
+) -> dict[str, str]:
     """The ``__metadata__`` of a ``.safetensors`` file's header (``{}`` when it has none)."""
     from safetensors import safe_open
 

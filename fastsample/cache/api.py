@@ -2,9 +2,9 @@
 
 With a pipeline, the denoiser and its CFG layout come from the project's adapter table
 (:func:`fastsample.pipelines.adapters.get_adapter`) and the cache state is reset at the start of every
-``pipe(...)`` call (:func:`fastsample.pipelines.call_scope.on_call`); the denoiser is cached only inside that
-pipeline's calls (another pipeline sharing it, or a direct call, runs it uncached). With a bare transformer nothing knows
-where a sampling run starts: call ``handle.reset()`` before each run.
+``pipe(...)`` call (:func:`fastsample.pipelines.call_scope.on_call`); the denoiser is cached only inside
+that pipeline's calls (another pipeline sharing it, or a direct call, runs it uncached). With a bare
+transformer nothing knows where a sampling run starts: call ``handle.reset()`` before each run.
 """
 
 from __future__ import annotations
@@ -188,8 +188,9 @@ def enable_cache(
     pipe, model = _resolve(pipe_or_model)
     if has_fastsample_cache(model):
         raise ValueError(
-            "this model already has a fastsample cache enabled (possibly through another pipeline that shares "
-            "it, e.g. from_pipe); disable() that handle first, or give this pipeline its own copy of the model."
+            "this model already has a fastsample cache enabled (possibly through another pipeline that "
+            "shares it, e.g. from_pipe); disable() that handle first, or give this pipeline its own copy of "
+            "the model."
         )
     if getattr(model, "is_cache_enabled", False):
         raise ValueError(

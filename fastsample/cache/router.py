@@ -194,7 +194,14 @@ class RouterArtifact:
             return cls(logits=logits, **meta)
 
 
-_ROUTER_FIELDS = ("model_class", "model_config_hash", "unit_names", "scheduler_class", "timesteps", "guidance_scale")
+_ROUTER_FIELDS = (
+    "model_class",
+    "model_config_hash",
+    "unit_names",
+    "scheduler_class",
+    "timesteps",
+    "guidance_scale",
+)
 
 
 def _close(a: list[float], b: list[float]) -> bool:

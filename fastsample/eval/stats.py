@@ -270,7 +270,8 @@ def load_statistics(path: str | os.PathLike) -> Statistics:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"Statistics file not found: {os.fspath(path)!r}.")
     expected = (
-        "a statistics .npz with 'mu' (D,) and 'sigma' (D, D) (pytorch-fid's --save-stats format, or fastsample's)"
+        "a statistics .npz with 'mu' (D,) and 'sigma' (D, D) (pytorch-fid's --save-stats format, or "
+        "fastsample's)"
     )
     data = read_npz(path, ("mu", "sigma"), expected)
     with reading(path, expected):

@@ -123,10 +123,10 @@ def sdpa_with_kernels(
     efficient → cuDNN → math) that can run these inputs, calling that kernel's op directly.
 
     Unlike ``torch.nn.attention.sdpa_kernel``, whose backend flags are process-wide (a pipeline in another
-    thread would run with the same kernels disabled), this changes no global state. The inputs are prepared
-    as SDPA prepares them (boolean mask → additive ``-inf`` mask; on CUDA a head dimension padded to a multiple
-    of 8 for flash, the bias expanded and aligned for efficient/cuDNN). A ``RuntimeError`` ("no available
-    kernel") names every chosen kernel and why it could not run.
+    thread would run with the same kernels disabled), this changes no global state. The inputs are
+    prepared as SDPA prepares them (boolean mask → additive ``-inf`` mask; on CUDA a head dimension padded to
+    a multiple of 8 for flash, the bias expanded and aligned for efficient/cuDNN). A ``RuntimeError`` ("no
+    available kernel") names every chosen kernel and why it could not run.
     """
     if enable_gqa and key.shape[-3] != query.shape[-3]:  # grouped-query attention: repeat the k/v heads
         repeat = query.shape[-3] // key.shape[-3]
@@ -141,7 +141,8 @@ def sdpa_with_kernels(
         except (RuntimeError, NotImplementedError) as error:
             reasons.append(f"{name}: {str(error).splitlines()[0] if str(error) else type(error).__name__}")
     raise RuntimeError(
-        f"set_attention(kernels={tuple(kernels)}): no available kernel among the chosen ones runs these inputs "
+        f"set_attention(kernels={tuple(kernels)}): no available kernel among the chosen ones runs these "
+        "inputs "
         f"(query {tuple(query.shape)} {query.dtype} on {query.device.type}, "
         f"mask {None if attn_mask is None else tuple(attn_mask.shape)}): {'; '.join(reasons)}. "
         "Add 'math' to kernels= (it runs everything), or pass kernels=None to let torch choose."
@@ -614,7 +615,8 @@ def set_attention(
             kernels = (kernels,)
         if not isinstance(kernels, Sequence):
             raise TypeError(
-                f"kernels must be a list of names from {SDPA_KERNELS} (or one name), got {type(kernels).__name__}"
+                f"kernels must be a list of names from {SDPA_KERNELS} (or one name), got "
+                f"{type(kernels).__name__}"
             )
         kernels = tuple(kernels)
         bad = [k for k in kernels if k not in SDPA_KERNELS]

@@ -224,8 +224,8 @@ ADAPTERS: dict[str, PipelineAdapter] = {
             true_cfg_rule=_flux_true_cfg,
             true_cfg_hint=(
                 "FluxPipeline runs CFG only with true_cfg_scale > 1 and a negative_prompt (or "
-                "negative_prompt_embeds with negative_pooled_prompt_embeds); its guidance_scale is the distilled "
-                "guidance embedding, not CFG"
+                "negative_prompt_embeds with negative_pooled_prompt_embeds); its guidance_scale is the "
+                "distilled guidance embedding, not CFG"
             ),
         ),
     )

@@ -95,7 +95,7 @@ CHECKPOINT_FILES = {
     _EMA_FILE: "EMA shadow parameters and counters (safetensors, read by fastsample)",
     "optimizer.bin": "AdamW state (torch file, read by accelerate with weights_only=True)",
     "scheduler.bin": "LR scheduler state (torch file, read by accelerate with weights_only=True)",
-    "random_states_<p>.pkl": "RNG states of process p (torch file, read by accelerate with weights_only=True)",
+    "random_states_<p>.pkl": "RNG states of process p (torch file, accelerate, weights_only=True)",
     _STATE_FILE: "step and loss (JSON)",
     _LEGACY_EMA_FILE: "earlier versions' EMA (torch file, read by fastsample with weights_only=True)",
 }
@@ -198,7 +198,10 @@ def init_source(path: str | os.PathLike) -> dict[str, Any]:
         fields = ("num_attention_heads", "attention_head_dim", "num_layers", "patch_size")
         require_fields(path / CONFIG_FILE, model_config, fields, expected)
         with reading(path / CONFIG_FILE, expected):
-            heads, head_dim = int(model_config["num_attention_heads"]), int(model_config["attention_head_dim"])
+            heads, head_dim = (
+                int(model_config["num_attention_heads"]),
+                int(model_config["attention_head_dim"]),
+            )
             architecture = {
                 "width": heads * head_dim,
                 "head_dim": head_dim,
@@ -258,7 +261,9 @@ def read_checkpoint_ema(checkpoint: str | os.PathLike) -> dict[str, Any]:
         return state
     legacy = checkpoint / _LEGACY_EMA_FILE
     if not legacy.exists():
-        raise FileNotFoundError(f"{checkpoint} has no {_EMA_FILE} (nor an earlier version's {_LEGACY_EMA_FILE})")
+        raise FileNotFoundError(
+            f"{checkpoint} has no {_EMA_FILE} (nor an earlier version's {_LEGACY_EMA_FILE})"
+        )
     state = read_torch_tensors(legacy, expected)
     if not isinstance(state, dict) or not isinstance(state.get("shadow_params"), list):
         raise ArtifactError(legacy, expected, f"a {type(state).__name__} without a 'shadow_params' list")
@@ -280,8 +285,8 @@ def check_checkpoint_folder(checkpoint: str | os.PathLike) -> None:
 
     Every file is checked before anything is loaded from the folder: ``.json`` files are parsed,
     ``.safetensors`` headers are read, every other file is loaded with ``torch.load(weights_only=True)``
-    (numpy RNG states allowed, as accelerate does). Raises :class:`~fastsample.errors.ArtifactError` naming the
-    first bad file."""
+    (numpy RNG states allowed, as accelerate does). Raises :class:`~fastsample.errors.ArtifactError`
+    naming the first bad file."""
     from accelerate.utils import load as accelerate_load
 
     checkpoint = Path(checkpoint)
@@ -495,7 +500,9 @@ def _without_custom_states(checkpoint: Path) -> Iterator[Path]:
     """``checkpoint``, or a temporary view of it (symbolic links) without accelerate's
     ``custom_checkpoint_*.pkl`` files when it has some (earlier versions' EMA): accelerate refuses a folder
     with more custom states than registered objects, and must never unpickle them."""
-    custom = [p for p in checkpoint.iterdir() if p.name.startswith("custom_checkpoint_") and p.suffix == ".pkl"]
+    custom = [
+        p for p in checkpoint.iterdir() if p.name.startswith("custom_checkpoint_") and p.suffix == ".pkl"
+    ]
     if not custom:
         yield checkpoint
         return
@@ -577,7 +584,9 @@ def train(config: TrainConfig, resume: str | os.PathLike | None = None) -> dict[
                 raise FileNotFoundError(f"{path} is not a checkpoint folder (no {_STATE_FILE})")
             check_checkpoint_folder(path)  # before anything is loaded from it
             ema_state = read_checkpoint_ema(path)
-            _check_shadow(path, ema_state["shadow_params"], list(accelerator.unwrap_model(model).parameters()))
+            _check_shadow(
+                path, ema_state["shadow_params"], list(accelerator.unwrap_model(model).parameters())
+            )
             with reading(path, "a checkpoint of this run"):
                 with _without_custom_states(path) as readable:
                     accelerator.load_state(str(readable))

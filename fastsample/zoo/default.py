@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import importlib.resources
-import json
 import logging
 import os
 from collections.abc import Iterator, Sequence

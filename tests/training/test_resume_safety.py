@@ -58,7 +58,7 @@ def test_checkpoints_hold_no_pickled_ema_and_earlier_checkpoints_resume_bit_exac
     checkpoint = latest_checkpoint(legacy)
     assert "ema.safetensors" in os.listdir(checkpoint)
     assert not [n for n in os.listdir(checkpoint) if n.startswith("custom_checkpoint")]
-    # An earlier version's layout: the EMA state pickled (tensors only) as accelerate's custom_checkpoint_0.pkl.
+    # An earlier version's layout: the EMA state pickled (tensors only) as custom_checkpoint_0.pkl.
     state = read_checkpoint_ema(checkpoint)
     torch.save(state, checkpoint / "custom_checkpoint_0.pkl")
     os.remove(checkpoint / "ema.safetensors")
