@@ -77,6 +77,8 @@ def test_a_cache_on_one_pipeline_does_not_cache_another_sharing_the_transformer(
     assert stats_before.keys() == after.keys()
     assert all(np.array_equal(stats_before[k], after[k]) for k in after)
     np.testing.assert_array_equal(_run(a, name), a_cached)
+    with pytest.raises(ValueError, match="another pipeline that shares it"):
+        enable_cache(b, "fora", interval=2)  # one cache per denoiser: the second enable is refused
     handle.disable()
 
 
