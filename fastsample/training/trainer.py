@@ -606,7 +606,7 @@ def train(config: TrainConfig, resume: str | os.PathLike | None = None) -> dict[
         if config.init_from is not None:  # absolute, so that the record is usable from anywhere
             record["init_from"] = str(Path(config.init_from).resolve())
         elif resume is not None and previous.exists():  # keep a post-training run's init_from on resume
-            record["init_from"] = json.loads(previous.read_text()).get("init_from")
+            record["init_from"] = read_json(previous, "the train_config.json of this run").get("init_from")
         (output_dir / "train_config.json").write_text(json.dumps(record, indent=2) + "\n")
 
     null_label = NUM_CLASSES
