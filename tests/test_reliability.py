@@ -29,9 +29,10 @@ GUIDANCE_LOGGER = "fastsample.guidance.hook"
 
 
 def _optimize(*args, **kwargs):
-    from fastsample import optimize
+    import fastsample
 
-    return optimize(*args, **kwargs)
+    optimize = fastsample.optimize  # the function (a module of that name may hold it: issue 15 moves it)
+    return (optimize if callable(optimize) else optimize.optimize)(*args, **kwargs)
 
 
 def _run(pipe, name, **overrides):
