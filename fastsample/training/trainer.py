@@ -13,8 +13,19 @@ independently and classifier-free guidance is trained wrongly).
 
 Optimiser AdamW with linear warm-up then a constant LR, gradient clipping, EMA (diffusers ``EMAModel`` with
 warm-up), optional bf16 autocast, ``accelerate`` for several processes. All randomness of step ``k`` on
-process ``p`` comes from generators seeded by ``(seed, k, p)``, and ``accelerate``'s ``save_state`` stores the
-model, EMA, optimizer, LR scheduler and RNG states, so resuming from a checkpoint is bit-exact.
+process ``p`` comes from generators seeded by ``(seed, k, p)``, and a checkpoint stores the model, EMA,
+optimizer, LR scheduler and RNG states, so resuming from a checkpoint is bit-exact.
+
+A checkpoint folder ``checkpoint-N`` may contain only these files (:data:`CHECKPOINT_FILES`):
+``model.safetensors``; ``ema.safetensors`` (the EMA's shadow parameters as tensors and its counters as JSON
+metadata, written and read by fastsample, never by accelerate); ``optimizer.bin``, ``scheduler.bin`` and
+``random_states_<process>.pkl`` (written by accelerate's ``save_state``, read with
+``torch.load(weights_only=True)``); ``trainer_state.json``. Checkpoints of earlier versions keep the EMA in
+``custom_checkpoint_0.pkl`` (accelerate's file for a registered object, which its ``load_state`` would
+unpickle with ``weights_only=False``); fastsample reads it with ``weights_only=True`` and hides it from
+accelerate. Before resuming, every file of the folder is checked (JSON parsed, safetensors headers read,
+every other file loaded with ``weights_only=True``): one that would need arbitrary unpickling (it could run
+code) is refused with an :class:`~fastsample.errors.ArtifactError` naming it, before anything is loaded.
 
 Export (:func:`export_weights`) writes the EMA weights as fp16 safetensors + the model config + a
 ``DPMSolverMultistepScheduler`` config with the same betas (``FlowMatchEulerDiscreteScheduler`` for
