@@ -2,8 +2,9 @@
 
 With a pipeline, the denoiser and its CFG layout come from the project's adapter table
 (:func:`fastsample.pipelines.adapters.get_adapter`) and the cache state is reset at the start of every
-``pipe(...)`` call (:func:`fastsample.pipelines.call_scope.on_call`). With a bare transformer nothing knows
-where a sampling run starts: call ``handle.reset()`` before each run.
+``pipe(...)`` call (:func:`fastsample.pipelines.call_scope.on_call`); the denoiser is cached only inside
+that pipeline's calls (another pipeline sharing it, or a direct call, runs it uncached). With a bare
+transformer nothing knows where a sampling run starts: call ``handle.reset()`` before each run.
 """
 
 from __future__ import annotations
@@ -128,7 +129,7 @@ class CacheHandle:
         self.enabled = False
 
     def _end_call(self) -> None:
-        self._controller.call_args = None  # do not keep the call's tensors alive
+        self._controller.end_call()
         self._warn_if_nothing_reused()
 
     def _warn_if_nothing_reused(self) -> None:
@@ -186,7 +187,11 @@ def enable_cache(
         raise TypeError(f"profile_macs must be a bool, got {type(profile_macs).__name__}.")
     pipe, model = _resolve(pipe_or_model)
     if has_fastsample_cache(model):
-        raise ValueError("this model already has a fastsample cache enabled; disable() it first.")
+        raise ValueError(
+            "this model already has a fastsample cache enabled (possibly through another pipeline that "
+            "shares it, e.g. from_pipe); disable() that handle first, or give this pipeline its own copy of "
+            "the model."
+        )
     if getattr(model, "is_cache_enabled", False):
         raise ValueError(
             "this model has a diffusers cache enabled (model.enable_cache); call disable_cache() first."
@@ -211,7 +216,7 @@ def enable_cache(
     invalidate_registry_cache(model)
     handle = CacheHandle(controller, hooked, model, pipe)
     if pipe is not None:
-        on_call(pipe, CALL_KEY, controller.reset, handle._end_call, with_arguments=True)
+        on_call(pipe, CALL_KEY, controller.begin_call, handle._end_call, with_arguments=True)
     logger.info(
         "fastsample cache enabled: %s on %d %s-level sites of %s",
         policy.describe(),

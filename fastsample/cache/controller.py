@@ -100,6 +100,7 @@ class CacheController:
         self.soft_refresh: list[bool] = []
         self._counter: Any = None
         self.call_args: dict[str, Any] | None = None
+        self.in_call = False  # inside a call of the owning pipeline (pipelines only)
         self._site_flops = np.zeros(len(self.sites))
 
     # ------------------------------------------------------------------ lifecycle
@@ -113,6 +114,22 @@ class CacheController:
         self.call_args = call_args
         for state in self.states.values():
             state.reset()
+
+    def begin_call(self, call_args: dict[str, Any] | None = None) -> None:
+        """Start of a call of the owning pipeline: :meth:`reset`, and cache the denoiser until
+        :meth:`end_call`."""
+        self.reset(call_args)
+        self.in_call = True
+
+    def end_call(self) -> None:
+        self.in_call = False
+        self.call_args = None  # do not keep the call's tensors alive
+
+    @property
+    def bypassed(self) -> bool:
+        """Whether the denoiser must run uncached now: it belongs to a pipeline that is not running (another
+        pipeline sharing it, e.g. through ``from_pipe``, or a direct call); a bare model is always cached."""
+        return self.pipe is not None and not self.in_call
 
     def _state(self, name: str) -> _ContextState:
         state = self.states.get(name)

@@ -4,7 +4,9 @@
   (so Flux's separate cond/uncond calls get separate caches) and brackets the forward with
   ``begin_forward``/``end_forward``. It is stateful only so that ``cache_context`` reaches it; its
   ``reset_state`` is deliberately a no-op (diffusers calls it from ``maybe_free_model_hooks`` at the *end* of
-  a call, which would erase the statistics); fastsample resets at the *start* of each call instead.
+  a call, which would erase the statistics); fastsample resets at the *start* of each call instead. A
+  pipeline's denoiser called outside that pipeline's calls (by another pipeline sharing it, or directly)
+  runs uncached and leaves the cache untouched.
 - :class:`UnitHook` / :class:`BlockHook` replace a site's forward by "run it, or return the cached value".
   With ``compile_options`` the site's *original* forward is compiled (regional compilation): the decision
   stays in Python outside the compiled region, so dynamo sees the same graph at every step.
@@ -40,6 +42,8 @@ class StepHook(ModelHook):
         self.context_manager = StateManager(_NoState)  # receives diffusers' cache_context(name)
 
     def new_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
+        if self.controller.bypassed:  # no step is active, so every site hook runs its forward too
+            return self.fn_ref.original_forward(*args, **kwargs)
         context = self.context_manager._context
         name = context.name if context is not None else DEFAULT_CONTEXT
         profile = self.controller.begin_forward(name, args, kwargs)

@@ -153,17 +153,55 @@ class RouterArtifact:
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike) -> RouterArtifact:
-        from safetensors.torch import load_file
+        """Read a folder written by :meth:`save_pretrained`. A corrupt or foreign file raises
+        :class:`~fastsample.errors.ArtifactError` naming it."""
+        from fastsample.errors import ArtifactError, read_json, read_safetensors, reading, require_fields
 
         path = Path(directory)
         if not (path / CONFIG_NAME).is_file() or not (path / WEIGHTS_NAME).is_file():
             raise FileNotFoundError(
                 f"{path} is not a router artifact (needs {CONFIG_NAME} and {WEIGHTS_NAME})."
             )
-        meta = json.loads((path / CONFIG_NAME).read_text())
+        config_file, weights_file = path / CONFIG_NAME, path / WEIGHTS_NAME
+        expected = "a fastsample HarmoniCa router config (JSON, format fastsample-harmonica-router/1)"
+        meta = read_json(config_file, expected)
         if meta.pop("format", None) != "fastsample-harmonica-router/1":
-            raise ValueError(f"{path / CONFIG_NAME} is not a fastsample HarmoniCa router config.")
-        return cls(logits=load_file(str(path / WEIGHTS_NAME))["logits"], **meta)
+            raise ArtifactError(config_file, expected, "no 'format': 'fastsample-harmonica-router/1' entry")
+        require_fields(config_file, meta, _ROUTER_FIELDS, expected)
+        unknown = sorted(set(meta) - set(_ROUTER_FIELDS) - {"threshold", "training"})
+        if unknown:
+            raise ArtifactError(config_file, expected, f"unknown field(s) {unknown}")
+        types = {
+            "model_class": str,
+            "model_config_hash": str,
+            "unit_names": list,
+            "scheduler_class": str,
+            "timesteps": list,
+            "guidance_scale": (int, float),
+            "threshold": (int, float),
+            "training": dict,
+        }
+        wrong = [k for k, t in types.items() if k in meta and (not isinstance(meta[k], t) or meta[k] is True)]
+        if wrong:
+            raise ArtifactError(config_file, expected, f"field(s) {wrong} of the wrong type")
+        tensors = read_safetensors(weights_file, "a safetensors file with a float 'logits' tensor")
+        logits = tensors.get("logits")
+        if logits is None or not logits.is_floating_point():
+            raise ArtifactError(
+                weights_file, "a safetensors file with a float 'logits' tensor", f"tensors {sorted(tensors)}"
+            )
+        with reading(path, "router logits of shape [timesteps, units] matching its config"):
+            return cls(logits=logits, **meta)
+
+
+_ROUTER_FIELDS = (
+    "model_class",
+    "model_config_hash",
+    "unit_names",
+    "scheduler_class",
+    "timesteps",
+    "guidance_scale",
+)
 
 
 def _close(a: list[float], b: list[float]) -> bool:

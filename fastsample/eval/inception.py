@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import os
-import pickle
 from pathlib import Path
 
 import torch
@@ -274,18 +273,13 @@ def resolve_inception_weights(weights: str | os.PathLike | None = None) -> Path:
 
 
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+    from fastsample.errors import ArtifactError, read_safetensors, read_torch_tensors
 
-        return load_file(str(path))
-    try:
-        state_dict = torch.load(str(path), map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        raise ValueError(
-            f"Refusing to load {str(path)!r}: it is a pickle holding objects other than tensors, which "
-            "torch.load(weights_only=True) cannot load safely. Provide a plain state dict (.pth) or "
-            ".safetensors."
-        ) from error
+    expected = "Inception weights: a state dict (a mapping of names to tensors) in .safetensors or .pth"
+    if path.suffix == ".safetensors":
+        return read_safetensors(path, expected)
+    # weights_only=True: a pickle holding objects other than tensors (code) is refused, naming the file
+    state_dict = read_torch_tensors(path, expected)
     if (
         isinstance(state_dict, dict)
         and "state_dict" in state_dict
@@ -293,7 +287,7 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     ):
         state_dict = state_dict["state_dict"]
     if not isinstance(state_dict, dict) or not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
-        raise ValueError(f"{str(path)!r} does not hold a state dict (a mapping of names to tensors).")
+        raise ArtifactError(path, expected, f"a {type(state_dict).__name__} that is not a state dict")
     return state_dict
 
 
@@ -305,9 +299,13 @@ def load_inception(
     ``.pth``/``.pt`` files are read with ``torch.load(weights_only=True)``; ``.safetensors`` with safetensors.
     Returns the network in eval mode with gradients off.
     """
+    from fastsample.errors import reading
+
     path = resolve_inception_weights(weights)
     model = InceptionV3Pool3()
-    model.load_pytorch_fid_state_dict(_read_state_dict(path))
+    state_dict = _read_state_dict(path)
+    with reading(path, "pytorch-fid's InceptionV3 weights"):
+        model.load_pytorch_fid_state_dict(state_dict)
     logger.info("Loaded Inception weights from %s", path)
     model.eval().requires_grad_(False)
     return model.to(device) if device is not None else model

@@ -265,32 +265,24 @@ def load_statistics(path: str | os.PathLike) -> Statistics:
 
     Never unpickles: object arrays are refused.
     """
+    from fastsample.errors import ArtifactError, read_npz, reading
+
     if not os.path.isfile(path):
         raise FileNotFoundError(f"Statistics file not found: {os.fspath(path)!r}.")
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            missing = [key for key in ("mu", "sigma") if key not in data.files]
-            if missing:
-                raise ValueError(
-                    f"{os.fspath(path)!r} has no {missing} array(s); found {sorted(data.files)}. A "
-                    "statistics file needs 'mu' (D,) and 'sigma' (D, D) (pytorch-fid's --save-stats format)."
-                )
-            mu = np.asarray(data["mu"], dtype=np.float64)
-            sigma = np.asarray(data["sigma"], dtype=np.float64)
-            num_samples = int(data["num_samples"]) if "num_samples" in data.files else None
-            metadata = {
-                key[len(_METADATA_PREFIX) :]: str(data[key])
-                for key in data.files
-                if key.startswith(_METADATA_PREFIX)
-            }
-    except ValueError as error:
-        if "pickle" in str(error).lower():
-            raise ValueError(f"{os.fspath(path)!r} holds pickled objects; refusing to load it.") from error
-        raise
+    expected = (
+        "a statistics .npz with 'mu' (D,) and 'sigma' (D, D) (pytorch-fid's --save-stats format, or "
+        "fastsample's)"
+    )
+    data = read_npz(path, ("mu", "sigma"), expected)
+    with reading(path, expected):
+        mu = np.asarray(data["mu"], dtype=np.float64)
+        sigma = np.asarray(data["sigma"], dtype=np.float64)
+        num_samples = int(data["num_samples"]) if "num_samples" in data else None
+        metadata = {
+            key[len(_METADATA_PREFIX) :]: str(data[key]) for key in data if key.startswith(_METADATA_PREFIX)
+        }
     if mu.ndim != 1 or sigma.shape != (mu.shape[0], mu.shape[0]):
-        raise ValueError(
-            f"{os.fspath(path)!r}: 'mu' has shape {mu.shape} and 'sigma' {sigma.shape}; need (D,), (D, D)."
-        )
+        raise ArtifactError(path, expected, f"'mu' of shape {mu.shape} and 'sigma' of shape {sigma.shape}")
     return Statistics(mu, sigma, num_samples, metadata)
 
 

@@ -99,15 +99,33 @@ def _new_output(module: torch.nn.Module, pred: torch.Tensor, kwargs: dict[str, A
     return Transformer2DModelOutput(sample=pred)
 
 
+def _next_sigma_schedulers() -> tuple[type, ...]:
+    from diffusers import DDIMScheduler, EulerDiscreteScheduler, FlowMatchEulerDiscreteScheduler
+
+    return (DDIMScheduler, EulerDiscreteScheduler, FlowMatchEulerDiscreteScheduler)
+
+
+def check_next_sigma_scheduler(scheduler: Any) -> None:
+    """Refuse a scheduler whose next noise level :func:`next_alpha_sigma` cannot compute (methods with
+    ``needs_next_sigma``: CFG++, the learned annealing head)."""
+    if not isinstance(scheduler, _next_sigma_schedulers()):
+        raise ValueError(
+            f"{type(scheduler).__name__} is not supported by a method that needs the next noise level "
+            "(CFG++, the learned annealing head): use DDIMScheduler, EulerDiscreteScheduler or "
+            "FlowMatchEulerDiscreteScheduler."
+        )
+
+
 def next_alpha_sigma(
     scheduler: Any, timestep: Any, parameterization: str
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(α', σ') of the sample a first-order scheduler step will produce from ``timestep`` (CFG++,
     annealing)."""
-    from diffusers import DDIMScheduler, EulerDiscreteScheduler, FlowMatchEulerDiscreteScheduler
+    from diffusers import DDIMScheduler
 
+    check_next_sigma_scheduler(scheduler)
     t0 = torch.as_tensor(timestep).reshape(-1)[0]
-    if isinstance(scheduler, (EulerDiscreteScheduler, FlowMatchEulerDiscreteScheduler)):
+    if not isinstance(scheduler, DDIMScheduler):  # Euler, FlowMatch Euler
         index = scheduler.step_index
         if index is None:
             index = scheduler.begin_index
@@ -117,16 +135,18 @@ def next_alpha_sigma(
         if parameterization == "flow":
             return 1.0 - sig, sig
         return rho_to_alpha_sigma(sig)
-    if isinstance(scheduler, DDIMScheduler):
-        prev = int(t0) - scheduler.config.num_train_timesteps // scheduler.num_inference_steps
-        a = scheduler.alphas_cumprod[prev] if prev >= 0 else scheduler.final_alpha_cumprod
-        a = torch.as_tensor(a, dtype=torch.float64).cpu()
-        return a.sqrt(), (1.0 - a).sqrt()
-    raise ValueError(
-        f"{type(scheduler).__name__} is not supported by a method that needs the next noise level "
-        "(CFG++, the learned annealing head): use DDIMScheduler, EulerDiscreteScheduler or "
-        "FlowMatchEulerDiscreteScheduler."
-    )
+    prev = int(t0) - scheduler.config.num_train_timesteps // scheduler.num_inference_steps
+    a = scheduler.alphas_cumprod[prev] if prev >= 0 else scheduler.final_alpha_cumprod
+    a = torch.as_tensor(a, dtype=torch.float64).cpu()
+    return a.sqrt(), (1.0 - a).sqrt()
+
+
+def _check_method(pipe: Any, adapter: PipelineAdapter, method: GuidanceMethod) -> None:
+    """Refuse, before any work, a method that this pipeline's model or scheduler cannot serve (at enable time
+    and at the start of every call, so a scheduler swapped in later is caught before text encoding)."""
+    method.check_parameterization(adapter.prediction_type(pipe))
+    if method.needs_next_sigma:
+        check_next_sigma_scheduler(pipe.scheduler)
 
 
 class GuidanceHook(ModelHook):
@@ -143,11 +163,14 @@ class GuidanceHook(ModelHook):
         self.cache_state = StateManager(_NoState)  # receives diffusers' cache_context name (Flux)
         self._signature: inspect.Signature | None = None
         self.last_stats: dict[str, int] = {}
+        self._warned_inactive = False
         self.reset_call()
 
     # ------------------------------------------------------------------ per-call state
     def reset_call(self, call_args: dict[str, Any] | None = None) -> None:
         """Start of a pipeline call (``call_args``: its bound arguments) or, without arguments, idle."""
+        if call_args is not None:
+            _check_method(self.pipe, self.adapter, self.method)
         self.method.reset()
         self._call_args = call_args
         self._full_batch: int | None = None
@@ -239,11 +262,27 @@ class GuidanceHook(ModelHook):
     # ------------------------------------------------------------------ the forward
     def new_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
         self.stats["forward_calls"] += 1
-        if self._call_args is None or not self.adapter.cfg_active(self.pipe, self._call_args):
+        if self._call_args is None:
+            return self._run(args, kwargs)
+        if not self.adapter.cfg_active(self.pipe, self._call_args):
+            self._warn_inactive()
             return self._run(args, kwargs)
         if self.adapter.cfg_layout == "separate_calls":
             return self._separate_calls(module, args, kwargs)
         return self._batched(module, args, kwargs)
+
+    def _warn_inactive(self) -> None:
+        """Once per handle: the user enabled a method but this call runs no CFG, so the method is skipped."""
+        if self._warned_inactive:
+            return
+        self._warned_inactive = True
+        logger.warning(
+            "fastsample guidance: %s is enabled, but this %s call runs no classifier-free guidance, so it is "
+            "skipped (the pipeline's own rule); %s. This warning is shown once.",
+            type(self.method).__name__,
+            type(self.pipe).__name__,
+            self.adapter.cfg_requirement(self.pipe, self._call_args),
+        )
 
     def _batched(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> Any:
         x, timestep = self._hidden_and_timestep(args, kwargs)
@@ -419,6 +458,17 @@ def enable_guidance(pipe: Any, method: GuidanceMethod, write_back: WriteBack = "
     if has_call_hook(pipe, _CALL_KEY):
         raise ValueError("guidance is already enabled on this pipeline; disable the existing handle first.")
     module = adapter.denoiser(pipe)
+    registry = module.__dict__.get("_diffusers_hook")
+    existing = registry.get_hook(HOOK_NAME) if registry is not None else None
+    if existing is not None:
+        owner = getattr(existing, "pipe", None)
+        raise ValueError(
+            f"guidance is already enabled on this {type(pipe).__name__}'s {adapter.denoiser_attr}, through "
+            f"another pipeline ({type(owner).__name__}) that shares it (from_pipe, or Pipeline(**other."
+            "components)). One denoiser carries one guidance method: disable() the other pipeline's handle "
+            f"first, or give this pipeline its own copy of the {adapter.denoiser_attr}."
+        )
+    _check_method(pipe, adapter, method)
     had_forward = "forward" in module.__dict__
     had_registry = hasattr(module, "_diffusers_hook")
     hook = GuidanceHook(pipe, adapter, method, write_back)
@@ -437,4 +487,11 @@ def guide(pipe: Any, method: GuidanceMethod, write_back: WriteBack = "auto") -> 
         handle.disable()
 
 
-__all__ = ["GuidanceHandle", "GuidanceHook", "enable_guidance", "guide", "next_alpha_sigma"]
+__all__ = [
+    "GuidanceHandle",
+    "GuidanceHook",
+    "check_next_sigma_scheduler",
+    "enable_guidance",
+    "guide",
+    "next_alpha_sigma",
+]

@@ -74,17 +74,28 @@ class LinearAGCoefficients:
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike) -> LinearAGCoefficients:
+        """Read a folder written by :meth:`save_pretrained`. A corrupt or foreign file raises
+        :class:`~fastsample.errors.ArtifactError` naming it."""
+        from fastsample.errors import ArtifactError, read_json, reading, require_fields
+
         path = os.path.join(directory, _FILE)
         if not os.path.isfile(path):
             raise FileNotFoundError(f"no LinearAG coefficients at {path}")
-        with open(path) as f:
-            payload = json.load(f)
-        return cls(
-            signature=payload["signature"],
-            coefficients={int(k): [float(x) for x in v] for k, v in payload["coefficients"].items()},
-            num_calibration_rows=int(payload.get("num_calibration_rows", 0)),
-            residual_rms={int(k): float(v) for k, v in payload.get("residual_rms", {}).items()},
-        )
+        expected = "LinearAG coefficients (JSON with 'signature' and 'coefficients')"
+        payload = read_json(path, expected)
+        require_fields(path, payload, ("signature", "coefficients"), expected)
+        if not isinstance(payload["signature"], dict) or not isinstance(payload["coefficients"], dict):
+            raise ArtifactError(path, expected, "'signature' or 'coefficients' is not an object")
+        with reading(path, expected):
+            coefficients = {int(k): [float(x) for x in v] for k, v in payload["coefficients"].items()}
+            if any(len(v) != 4 for v in coefficients.values()):
+                raise ValueError("each step needs 4 coefficients (a, b, d, e)")
+            return cls(
+                signature=payload["signature"],
+                coefficients=coefficients,
+                num_calibration_rows=int(payload.get("num_calibration_rows", 0)),
+                residual_rms={int(k): float(v) for k, v in payload.get("residual_rms", {}).items()},
+            )
 
     def check(self, signature: dict[str, Any] | None) -> None:
         """Refuse a model, scheduler or step count other than the fitted one."""

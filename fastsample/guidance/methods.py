@@ -62,6 +62,11 @@ class GuidanceMethod:
     def reset(self) -> None:
         """Forget all per-generation state (called at the start of every pipeline call)."""
 
+    def check_parameterization(self, parameterization: str) -> None:
+        """Raise ``ValueError`` if the method cannot guide a model that predicts ``parameterization``
+        (``"epsilon"``, ``"v_prediction"``, ``"sample"`` or ``"flow"``). The hook calls this when guidance is
+        enabled and at the start of every pipeline call, before any text encoding or denoising."""
+
     def plan(self, ctx: GuidanceContext) -> Plan:
         """Which passes this step needs: ``"full"`` (cond and uncond), ``"cond"`` or ``"none"`` (no
         model call)."""
@@ -283,21 +288,21 @@ class CFGZeroStar(GuidanceMethod):
             raise ValueError(f"zero_init_steps must be an int >= 0, got {zero_init_steps!r}.")
         self.zero_init_steps = zero_init_steps
 
-    def _check(self, ctx):
-        if self.zero_init_steps > 0 and ctx.parameterization != "flow":
+    def check_parameterization(self, parameterization: str) -> None:
+        if self.zero_init_steps > 0 and parameterization != "flow":
             raise ValueError(
                 "CFGZeroStar zero-init steps need a flow-matching model (zero velocity = stay); "
                 "this model predicts "
-                f"{ctx.parameterization!r}. Use zero_init_steps=0."
+                f"{parameterization!r}. Use zero_init_steps=0."
             )
 
     def plan(self, ctx):
-        self._check(ctx)
+        self.check_parameterization(ctx.parameterization)
         return "none" if ctx.step < self.zero_init_steps else "full"
 
     def __call__(self, cond, uncond, ctx):
         if ctx.step < self.zero_init_steps:
-            self._check(ctx)
+            self.check_parameterization(ctx.parameterization)
             return torch.zeros_like(ctx.x if cond is None else cond)
         if uncond is None:
             return cond

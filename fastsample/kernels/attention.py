@@ -8,7 +8,7 @@ processors instead and checks that every attention module now runs the requested
 - ``AttnProcessor2_0`` modules (DiT, PixArt, SD/SDXL UNets) get :class:`FastsampleAttnProcessor`, the same
   computation with a pluggable attention core;
 - other legacy processors (SD3's joint attention, ...) are wrapped in :class:`SDPAKernelProcessor`, which
-  runs them under ``torch.nn.attention.sdpa_kernel`` (``"sdpa"`` only);
+  redirects their ``F.scaled_dot_product_attention`` calls to the chosen kernels (``"sdpa"`` only);
 - dispatcher processors are shallow-copied with their ``_attention_backend`` set (the originals are not
   touched; diffusers' global active backend is not changed);
 - Flux's ``FluxAttnProcessor`` gets :class:`FastsampleFluxAttnProcessor` for ``"triton"`` (Triton attention
@@ -16,6 +16,11 @@ processors instead and checks that every attention module now runs the requested
   per tensor (:func:`fastsample.kernels.triton_ops.qk_rmsnorm_rope`).
 
 The previous processor objects are put back by :meth:`AttentionHandle.reset`.
+
+A ``kernels=`` choice changes no process-wide state: the chosen kernel's op is called directly
+(:func:`sdpa_with_kernels`), and processors that call SDPA themselves run under a thread-local torch function
+mode that redirects that call. ``torch.nn.attention.sdpa_kernel`` is never used (its flags are global, so a
+plain pipeline in another thread would run with the same backends disabled).
 """
 
 from __future__ import annotations
@@ -40,23 +45,128 @@ BACKENDS = ("auto", "sdpa", "xformers", "triton")
 SDPA_KERNELS = ("flash", "efficient", "cudnn", "math")
 
 
-def _sdpa_backend(name: str):
-    from torch.nn.attention import SDPBackend
+def _additive_mask(mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
+    """SDPA's boolean mask (True = attend) as the additive mask its kernels take (``-inf`` where False),
+    as ``F.scaled_dot_product_attention`` converts it."""
+    if mask is None or mask.dtype != torch.bool:
+        return mask
+    return torch.zeros_like(mask, dtype=dtype).masked_fill_(mask.logical_not(), float("-inf"))
 
-    return {
-        "flash": SDPBackend.FLASH_ATTENTION,
-        "efficient": SDPBackend.EFFICIENT_ATTENTION,
-        "cudnn": SDPBackend.CUDNN_ATTENTION,
-        "math": SDPBackend.MATH,
-    }[name]
+
+def _pad_last(t: torch.Tensor, multiple: int) -> torch.Tensor:
+    pad = -t.shape[-1] % multiple
+    return F.pad(t, (0, pad)) if pad else t
+
+
+def _flash(q, k, v, mask, dropout_p, is_causal, scale):
+    if q.device.type == "cpu":
+        return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+            q, k, v, dropout_p, is_causal, attn_mask=mask, scale=scale
+        )[0]
+    if mask is not None:
+        raise RuntimeError("the flash kernel takes no attention mask on this device")
+    head_dim = q.shape[-1]  # flash needs a head dimension that is a multiple of 8: pad, as SDPA does
+    scale = head_dim**-0.5 if scale is None else scale
+    out = torch.ops.aten._scaled_dot_product_flash_attention(
+        _pad_last(q, 8), _pad_last(k, 8), _pad_last(v, 8), dropout_p, is_causal, False, scale=scale
+    )[0]
+    return out[..., :head_dim]
+
+
+def _expanded_bias(q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor | None:
+    """The additive bias as the CUDA kernels take it: [B, H, Nq, Nk], its last dimension padded to a multiple
+    of 16 for alignment (a view of the first Nk columns), as SDPA prepares it."""
+    if mask is None:
+        return None
+    shape = (q.shape[0], q.shape[1], q.shape[2], k.shape[2])
+    return _pad_last(mask.expand(shape), 16)[..., : shape[-1]]
+
+
+def _efficient(q, k, v, mask, dropout_p, is_causal, scale):
+    if q.device.type != "cuda":
+        raise RuntimeError(f"the memory-efficient kernel does not run on {q.device.type}")
+    return torch.ops.aten._scaled_dot_product_efficient_attention(
+        q, k, v, _expanded_bias(q, k, mask), records_grad(q, k, v), dropout_p, is_causal, scale=scale
+    )[0]
+
+
+def _cudnn(q, k, v, mask, dropout_p, is_causal, scale):
+    if q.device.type != "cuda":
+        raise RuntimeError(f"the cuDNN kernel does not run on {q.device.type}")
+    return torch.ops.aten._scaled_dot_product_cudnn_attention(
+        q, k, v, _expanded_bias(q, k, mask), records_grad(q, k, v), dropout_p, is_causal, False, scale=scale
+    )[0]
+
+
+def _math(q, k, v, mask, dropout_p, is_causal, scale):
+    return torch.ops.aten._scaled_dot_product_attention_math(
+        q, k, v, mask, dropout_p, is_causal, None, scale=scale
+    )[0]
+
+
+_KERNEL_OPS = {"flash": _flash, "efficient": _efficient, "cudnn": _cudnn, "math": _math}
+
+
+def sdpa_with_kernels(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attn_mask: torch.Tensor | None = None,
+    dropout_p: float = 0.0,
+    is_causal: bool = False,
+    scale: float | None = None,
+    enable_gqa: bool = False,
+    *,
+    kernels: Sequence[str],
+) -> torch.Tensor:
+    """``F.scaled_dot_product_attention`` computed by the first of ``kernels`` (in torch's order flash →
+    efficient → cuDNN → math) that can run these inputs, calling that kernel's op directly.
+
+    Unlike ``torch.nn.attention.sdpa_kernel``, whose backend flags are process-wide (a pipeline in another
+    thread would run with the same kernels disabled), this changes no global state. The inputs are
+    prepared as SDPA prepares them (boolean mask → additive ``-inf`` mask; on CUDA a head dimension padded to
+    a multiple of 8 for flash, the bias expanded and aligned for efficient/cuDNN). A ``RuntimeError`` ("no
+    available kernel") names every chosen kernel and why it could not run.
+    """
+    if enable_gqa and key.shape[-3] != query.shape[-3]:  # grouped-query attention: repeat the k/v heads
+        repeat = query.shape[-3] // key.shape[-3]
+        key, value = key.repeat_interleave(repeat, -3), value.repeat_interleave(repeat, -3)
+    mask = _additive_mask(attn_mask, query.dtype)
+    reasons = []
+    for name in SDPA_KERNELS:
+        if name not in kernels:
+            continue
+        try:
+            return _KERNEL_OPS[name](query, key, value, mask, dropout_p, is_causal, scale)
+        except (RuntimeError, NotImplementedError) as error:
+            reasons.append(f"{name}: {str(error).splitlines()[0] if str(error) else type(error).__name__}")
+    raise RuntimeError(
+        f"set_attention(kernels={tuple(kernels)}): no available kernel among the chosen ones runs these "
+        "inputs "
+        f"(query {tuple(query.shape)} {query.dtype} on {query.device.type}, "
+        f"mask {None if attn_mask is None else tuple(attn_mask.shape)}): {'; '.join(reasons)}. "
+        "Add 'math' to kernels= (it runs everything), or pass kernels=None to let torch choose."
+    )
+
+
+class _KernelChoice(torch.overrides.TorchFunctionMode):
+    """Redirects ``F.scaled_dot_product_attention`` to :func:`sdpa_with_kernels` in the thread that enters it
+    (torch function modes are thread-local), for processors that call SDPA themselves."""
+
+    def __init__(self, kernels: tuple[str, ...]) -> None:
+        super().__init__()
+        self.kernels = kernels
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is F.scaled_dot_product_attention:
+            return sdpa_with_kernels(*args, **kwargs, kernels=self.kernels)
+        return func(*args, **kwargs)
 
 
 def _kernel_context(kernels: tuple[str, ...] | None):
-    if not kernels:
-        return contextlib.nullcontext()
-    from torch.nn.attention import sdpa_kernel
-
-    return sdpa_kernel([_sdpa_backend(k) for k in kernels])
+    """Nothing (torch chooses), or :class:`_KernelChoice` for the current thread only."""
+    return contextlib.nullcontext() if not kernels else _KernelChoice(kernels)
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -65,11 +175,17 @@ def _kernel_context(kernels: tuple[str, ...] | None):
 
 
 def _sdpa_core(kernels: tuple[str, ...] | None) -> Callable[..., torch.Tensor]:
-    def core(q, k, v, mask):
-        with _kernel_context(kernels):
+    if not kernels:
+
+        def core(q, k, v, mask):
             return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=0.0, is_causal=False)
 
-    return core
+        return core
+
+    def core_with_kernels(q, k, v, mask):
+        return sdpa_with_kernels(q, k, v, mask, kernels=kernels)
+
+    return core_with_kernels
 
 
 def _require_xformers():
@@ -347,7 +463,12 @@ def _dispatcher_backend(backend: str):
 
 
 class SDPAKernelProcessor:
-    """Runs another processor under ``sdpa_kernel(kernels)`` (for processors that call SDPA themselves)."""
+    """Runs another processor with its ``F.scaled_dot_product_attention`` calls computed by ``kernels``
+    (:class:`_KernelChoice`, in the calling thread only), for processors that call SDPA themselves.
+
+    Cost: every torch call inside the wrapped processor passes through the mode's ``__torch_function__``
+    (measured 4–6 µs per call on the project's loaded 2-core CPU machine, about 0.1–0.3 ms per SD3 joint
+    attention call there); ``AttnProcessor2_0`` models call the kernel directly and pay nothing."""
 
     def __init__(self, inner: Any, kernels: tuple[str, ...] | None, label: str) -> None:
         self.inner = inner
@@ -469,8 +590,10 @@ def set_attention(
             ``AttnProcessor2_0`` models (DiT, PixArt, SD UNets) and Flux's ``FluxAttnProcessor``; masks
             other than a per-key additive bias, and calls under autograd, fall back to SDPA) or ``"auto"``
             (SDPA with torch's kernel priority, see ``_auto_choice``).
-        kernels: with ``"sdpa"`` only, a subset of ``("flash", "efficient", "cudnn", "math")`` passed to
-            ``torch.nn.attention.sdpa_kernel``; ``None`` lets torch choose.
+        kernels: with ``"sdpa"`` only, a list (or one name) from ``("flash", "efficient", "cudnn", "math")``:
+            attention runs on the first of them (in that order) that supports the inputs, by calling the
+            kernel directly (:func:`sdpa_with_kernels`; no process-wide setting is changed, so other threads
+            are unaffected); ``None`` lets torch choose.
         fused_prologue: Flux's q/k RMSNorm + RoPE as one Triton kernel per tensor
             (:class:`FastsampleFluxAttnProcessor`; needs Triton like ``"triton"``). ``None`` (default): on for
             ``"triton"``, off otherwise; ``True`` combines it with ``"sdpa"``/``"xformers"`` attention and
@@ -480,7 +603,8 @@ def set_attention(
 
     Head dimension 72 (DiT-XL/2, PixArt): SDPA's flash and efficient kernels accept it (multiple of 8);
     the Triton kernel pads it to 128 with masked lanes; if a restricted ``kernels`` list supports none of
-    the shapes torch raises at the first call (no viable backend) rather than falling back silently.
+    the shapes a ``RuntimeError`` ("no available kernel", naming each kernel's reason) is raised at the first
+    call rather than falling back silently.
 
     Returns an :class:`AttentionHandle`; ``handle.reset()`` restores the previous processor objects.
     Raises ``ValueError`` if the model has no attention module, and ``ValueError``/``ImportError`` if a
@@ -491,6 +615,13 @@ def set_attention(
     if kernels is not None:
         if backend != "sdpa":
             raise ValueError(f"kernels= is only for backend='sdpa', got backend={backend!r}")
+        if isinstance(kernels, str):  # one kernel by name, not its letters
+            kernels = (kernels,)
+        if not isinstance(kernels, Sequence):
+            raise TypeError(
+                f"kernels must be a list of names from {SDPA_KERNELS} (or one name), got "
+                f"{type(kernels).__name__}"
+            )
         kernels = tuple(kernels)
         bad = [k for k in kernels if k not in SDPA_KERNELS]
         if not kernels or bad:
@@ -592,5 +723,6 @@ __all__ = [
     "FastsampleAttnProcessor",
     "FastsampleFluxAttnProcessor",
     "SDPAKernelProcessor",
+    "sdpa_with_kernels",
     "set_attention",
 ]

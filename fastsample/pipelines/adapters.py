@@ -20,7 +20,7 @@ hard-coding them (architecture.md, "One table of pipeline facts"; guidance.md §
   (:func:`fastsample.pipelines.call_scope.on_call` with ``with_arguments=True``).
 - ``true_cfg_rule``: for ``"separate_calls"`` pipelines, whether a call with these arguments runs the
   unconditional pass (the pipeline's own rule, restated: Flux needs ``true_cfg_scale > 1`` and a negative
-  prompt or negative embeddings).
+  prompt or negative embeddings); ``true_cfg_hint`` says so in words, for warnings.
 - ``opens_cache_context``: whether the pipeline wraps its denoiser calls in ``denoiser.cache_context(name)``.
 
 Pipelines are keyed by class *name* and looked up along the MRO, so a pipeline defined elsewhere
@@ -55,6 +55,7 @@ class PipelineAdapter:
     guidance_scale_arg: str = "guidance_scale"
     opens_cache_context: bool = False
     true_cfg_rule: Callable[[dict[str, Any]], bool] | None = None
+    true_cfg_hint: str | None = None
 
     # ------------------------------------------------------------------ pipeline-level facts
     def denoiser(self, pipe: Any) -> torch.nn.Module:
@@ -107,6 +108,17 @@ class PipelineAdapter:
             return flag
         scale = self.guidance_scale(pipe, call_args)
         return scale is not None and scale > 1.0
+
+    def cfg_requirement(self, pipe: Any, call_args: dict[str, Any] | None) -> str:
+        """In words, for a warning: what makes a call of this pipeline run CFG, naming the call argument
+        (and the value this call has)."""
+        if self.cfg_layout == "separate_calls":
+            return self.true_cfg_hint or f"pass {self.guidance_scale_arg} > 1"
+        value = self.guidance_scale(pipe, call_args)
+        return (
+            f"it runs CFG only with {self.guidance_scale_arg} > 1, and this call has "
+            f"{self.guidance_scale_arg}={value}"
+        )
 
     # ------------------------------------------------------------------ noise-level facts
     def alpha_sigma(self, pipe: Any, timestep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -210,6 +222,11 @@ ADAPTERS: dict[str, PipelineAdapter] = {
             guidance_scale_arg="true_cfg_scale",
             opens_cache_context=True,
             true_cfg_rule=_flux_true_cfg,
+            true_cfg_hint=(
+                "FluxPipeline runs CFG only with true_cfg_scale > 1 and a negative_prompt (or "
+                "negative_prompt_embeds with negative_pooled_prompt_embeds); its guidance_scale is the "
+                "distilled guidance embedding, not CFG"
+            ),
         ),
     )
 }

@@ -44,15 +44,17 @@ def _scoped_subclass(cls: type) -> type:
         arguments = None
         if any(with_arguments for _, _, with_arguments in callbacks):
             arguments = _bound_arguments(signature, self, args, kwargs)  # a bad call raises here, as it would
-        for start, _, with_arguments in callbacks:
-            if with_arguments:
-                start(dict(arguments))
-            else:
-                start()
+        started = []
         try:
+            for start, end, with_arguments in callbacks:
+                if with_arguments:
+                    start(dict(arguments))
+                else:
+                    start()
+                started.append(end)
             return cls.__call__(self, *args, **kwargs)
-        finally:
-            for _, end, _ in reversed(callbacks):
+        finally:  # the callbacks that started are ended, also when a later one refuses the call
+            for end in reversed(started):
                 if end is not None:
                     end()
 
@@ -74,7 +76,8 @@ def on_call(
     arguments (module docstring); each callback gets its own copy of the dict.
 
     Registering an existing ``key`` again replaces its callbacks. Callbacks run in registration order at the
-    start and in reverse order at the end (``end`` runs even when the call raises).
+    start and in reverse order at the end (``end`` runs even when the call raises, and when a later ``start``
+    refuses the call).
     """
     if not callable(start) or (end is not None and not callable(end)):
         raise TypeError("on_call: `start` and `end` must be callables (or `end=None`).")

@@ -66,7 +66,15 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint-every-steps", type=int, default=0)
     parser.add_argument("--checkpoint-every-minutes", type=float, default=d.checkpoint_every_minutes)
     parser.add_argument("--keep-checkpoints", type=_positive_int, default=d.keep_checkpoints)
-    parser.add_argument("--resume", default=None, help="a checkpoint folder, or 'latest' in --output-dir")
+    parser.add_argument(
+        "--resume",
+        default=None,
+        help="a checkpoint folder, or 'latest' in --output-dir. A checkpoint folder holds "
+        "model.safetensors, ema.safetensors, optimizer.bin, scheduler.bin, random_states_<p>.pkl and "
+        "trainer_state.json (earlier versions: custom_checkpoint_0.pkl for the EMA); every file is checked "
+        "first and only tensors are ever unpickled (torch.load(weights_only=True)): a file that would run "
+        "code is refused, by name",
+    )
     parser.add_argument(
         "--init-from",
         default=None,

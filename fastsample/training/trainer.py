@@ -13,8 +13,19 @@ independently and classifier-free guidance is trained wrongly).
 
 Optimiser AdamW with linear warm-up then a constant LR, gradient clipping, EMA (diffusers ``EMAModel`` with
 warm-up), optional bf16 autocast, ``accelerate`` for several processes. All randomness of step ``k`` on
-process ``p`` comes from generators seeded by ``(seed, k, p)``, and ``accelerate``'s ``save_state`` stores the
-model, EMA, optimizer, LR scheduler and RNG states, so resuming from a checkpoint is bit-exact.
+process ``p`` comes from generators seeded by ``(seed, k, p)``, and a checkpoint stores the model, EMA,
+optimizer, LR scheduler and RNG states, so resuming from a checkpoint is bit-exact.
+
+A checkpoint folder ``checkpoint-N`` may contain only these files (:data:`CHECKPOINT_FILES`):
+``model.safetensors``; ``ema.safetensors`` (the EMA's shadow parameters as tensors and its counters as JSON
+metadata, written and read by fastsample, never by accelerate); ``optimizer.bin``, ``scheduler.bin`` and
+``random_states_<process>.pkl`` (written by accelerate's ``save_state``, read with
+``torch.load(weights_only=True)``); ``trainer_state.json``. Checkpoints of earlier versions keep the EMA in
+``custom_checkpoint_0.pkl`` (accelerate's file for a registered object, which its ``load_state`` would
+unpickle with ``weights_only=False``); fastsample reads it with ``weights_only=True`` and hides it from
+accelerate. Before resuming, every file of the folder is checked (JSON parsed, safetensors headers read,
+every other file loaded with ``weights_only=True``): one that would need arbitrary unpickling (it could run
+code) is refused with an :class:`~fastsample.errors.ArtifactError` naming it, before anything is loaded.
 
 Export (:func:`export_weights`) writes the EMA weights as fp16 safetensors + the model config + a
 ``DPMSolverMultistepScheduler`` config with the same betas (``FlowMatchEulerDiscreteScheduler`` for
@@ -34,6 +45,7 @@ import json
 import logging
 import math
 import os
+import pickle
 import shutil
 import signal
 import tempfile
@@ -46,21 +58,34 @@ from typing import Any
 
 import torch
 
+from ..errors import (
+    ArtifactError,
+    read_json,
+    read_safetensors,
+    read_safetensors_metadata,
+    read_torch_tensors,
+    reading,
+    require_fields,
+)
 from ..zoo.data import IMAGE_SIZE, NUM_CLASSES, generate_batch
 from ..zoo.default import DIT_CONFIG_FILE, DIT_WEIGHTS_FILE, SCHEDULER_CONFIG_FILE
 from .objective import DiffusionObjective
 
 __all__ = [
+    "CHECKPOINT_FILES",
     "TRAIN_PREDICTION_TYPES",
     "TrainConfig",
     "build_model",
     "build_noise_scheduler",
+    "check_checkpoint_folder",
     "export_weights",
     "init_source",
     "latest_checkpoint",
     "load_checkpoint_ema",
     "load_init_weights",
+    "read_checkpoint_ema",
     "sampling_scheduler_config",
+    "save_ema_state",
     "train",
 ]
 
@@ -72,8 +97,20 @@ SCHEDULER_FILE = SCHEDULER_CONFIG_FILE
 _STATE_FILE = "trainer_state.json"
 TRAIN_PREDICTION_TYPES = ("epsilon", "sample", "v_prediction", "flow")
 ARCHITECTURE_FIELDS = ("width", "head_dim", "depth", "patch_size")
-_EMA_FILE = "custom_checkpoint_0.pkl"  # accelerate's name for the first registered object (the EMA)
+_EMA_FILE = "ema.safetensors"  # the EMA, written and read by fastsample (never unpickled)
+_LEGACY_EMA_FILE = "custom_checkpoint_0.pkl"  # earlier versions: accelerate's file of the registered EMA
 _MODEL_FILE = "model.safetensors"
+#: What a checkpoint folder may contain, and how each file is read on resume.
+CHECKPOINT_FILES = {
+    _MODEL_FILE: "model weights (safetensors, read by accelerate)",
+    _EMA_FILE: "EMA shadow parameters and counters (safetensors, read by fastsample)",
+    "optimizer.bin": "AdamW state (torch file, read by accelerate with weights_only=True)",
+    "scheduler.bin": "LR scheduler state (torch file, read by accelerate with weights_only=True)",
+    "random_states_<p>.pkl": "RNG states of process p (torch file, accelerate, weights_only=True)",
+    _STATE_FILE: "step and loss (JSON)",
+    _LEGACY_EMA_FILE: "earlier versions' EMA (torch file, read by fastsample with weights_only=True)",
+}
+_EMA_STATE_KEY = "fastsample_ema_state"
 
 
 @dataclass
@@ -157,25 +194,34 @@ def init_source(path: str | os.PathLike) -> dict[str, Any]:
                 f"init_from: checkpoint {path} has no {config_file.name} in its parent folder "
                 "(keep a checkpoint inside the output folder of its run)"
             )
-        missing = [name for name in (_MODEL_FILE, _EMA_FILE) if not (path / name).exists()]
+        missing = [name for name in (_MODEL_FILE,) if not (path / name).exists()]
+        if not (path / _EMA_FILE).exists() and not (path / _LEGACY_EMA_FILE).exists():
+            missing.append(_EMA_FILE)
         if missing:
             raise FileNotFoundError(f"init_from: checkpoint {path} lacks {', '.join(missing)}")
-        fields = json.loads(config_file.read_text())
+        fields = read_json(config_file, "the train_config.json of a fastsample train run")
         architecture = {name: fields.get(name, getattr(TrainConfig, name)) for name in ARCHITECTURE_FIELDS}
         prediction_type = fields.get("prediction_type", "epsilon")
         kind = "checkpoint"
     elif (path / CONFIG_FILE).exists() and (path / WEIGHT_FILE).exists():
-        model_config = json.loads((path / CONFIG_FILE).read_text())
-        heads, head_dim = model_config["num_attention_heads"], model_config["attention_head_dim"]
-        architecture = {
-            "width": heads * head_dim,
-            "head_dim": head_dim,
-            "depth": model_config["num_layers"],
-            "patch_size": model_config["patch_size"],
-        }
+        expected = "a DiTTransformer2DModel config (JSON)"
+        model_config = read_json(path / CONFIG_FILE, expected)
+        fields = ("num_attention_heads", "attention_head_dim", "num_layers", "patch_size")
+        require_fields(path / CONFIG_FILE, model_config, fields, expected)
+        with reading(path / CONFIG_FILE, expected):
+            heads, head_dim = (
+                int(model_config["num_attention_heads"]),
+                int(model_config["attention_head_dim"]),
+            )
+            architecture = {
+                "width": heads * head_dim,
+                "head_dim": head_dim,
+                "depth": int(model_config["num_layers"]),
+                "patch_size": int(model_config["patch_size"]),
+            }
         prediction_type = None
         if (path / SCHEDULER_FILE).exists():
-            scheduler_config = json.loads((path / SCHEDULER_FILE).read_text())
+            scheduler_config = read_json(path / SCHEDULER_FILE, "a diffusers scheduler config (JSON)")
             if scheduler_config.get("_class_name") == "FlowMatchEulerDiscreteScheduler":
                 prediction_type = "flow"
             else:
@@ -189,16 +235,104 @@ def init_source(path: str | os.PathLike) -> dict[str, Any]:
     return {"path": str(path), "kind": kind, "architecture": architecture, "prediction_type": prediction_type}
 
 
-def load_checkpoint_ema(checkpoint: str | os.PathLike, model: torch.nn.Module) -> torch.nn.Module:
-    """Copy the EMA weights of a :func:`train` checkpoint folder into ``model`` (in place; returns it)."""
-    from safetensors.torch import load_file
+def save_ema_state(ema: Any, model: torch.nn.Module, path: str | os.PathLike) -> None:
+    """Write a diffusers ``EMAModel``'s state as safetensors: shadow parameter ``i`` under the name of the
+    ``i``-th parameter of ``model``, the counters (decay, optimization step, warm-up settings) as JSON
+    metadata. Replaced atomically."""
+    from safetensors.torch import save
+
+    state = ema.state_dict()
+    shadow = state.pop("shadow_params")
+    names = [name for name, _ in model.named_parameters()]
+    if len(names) != len(shadow):
+        raise ValueError(f"the EMA holds {len(shadow)} tensors for a model with {len(names)} parameters")
+    tensors = {name: t.detach().to("cpu").contiguous() for name, t in zip(names, shadow, strict=True)}
+    metadata = {_EMA_STATE_KEY: json.dumps(state), "order": json.dumps(names)}
+    _atomic_write_bytes(Path(path), save(tensors, metadata=metadata))
+
+
+def read_checkpoint_ema(checkpoint: str | os.PathLike) -> dict[str, Any]:
+    """The EMA state of a :func:`train` checkpoint folder, as ``EMAModel.state_dict()`` returns it
+    (``shadow_params`` in the model's parameter order). Reads ``ema.safetensors``, or an earlier version's
+    ``custom_checkpoint_0.pkl`` with ``torch.load(weights_only=True)``; never unpickles anything else.
+    Raises :class:`~fastsample.errors.ArtifactError` naming the file when it is corrupt or foreign."""
+    checkpoint = Path(checkpoint)
+    path = checkpoint / _EMA_FILE
+    expected = "the EMA of a fastsample train checkpoint"
+    if path.exists():
+        metadata = read_safetensors_metadata(path, expected)
+        require_fields(path, metadata, (_EMA_STATE_KEY, "order"), expected + " (safetensors metadata)")
+        tensors = read_safetensors(path, expected)
+        with reading(path, expected):
+            state = json.loads(metadata[_EMA_STATE_KEY])
+            names = json.loads(metadata["order"])
+            if not isinstance(state, dict) or sorted(names) != sorted(tensors):
+                raise ValueError("the metadata does not list the file's tensors")
+            state["shadow_params"] = [tensors[name] for name in names]
+        return state
+    legacy = checkpoint / _LEGACY_EMA_FILE
+    if not legacy.exists():
+        raise FileNotFoundError(
+            f"{checkpoint} has no {_EMA_FILE} (nor an earlier version's {_LEGACY_EMA_FILE})"
+        )
+    state = read_torch_tensors(legacy, expected)
+    if not isinstance(state, dict) or not isinstance(state.get("shadow_params"), list):
+        raise ArtifactError(legacy, expected, f"a {type(state).__name__} without a 'shadow_params' list")
+    return state
+
+
+def _check_shadow(checkpoint: Path, shadow: list[Any], params: list[torch.nn.Parameter]) -> None:
+    shapes = [tuple(getattr(t, "shape", ())) for t in shadow]
+    if shapes != [tuple(p.shape) for p in params]:
+        raise ArtifactError(
+            checkpoint,
+            f"{len(params)} EMA tensors shaped like the model's parameters",
+            f"{len(shadow)} tensors" + (" of other shapes" if len(shadow) == len(params) else ""),
+        )
+
+
+def check_checkpoint_folder(checkpoint: str | os.PathLike) -> None:
+    """Refuse a checkpoint folder with a file that is corrupt or would need arbitrary unpickling.
+
+    Every file is checked before anything is loaded from the folder: ``.json`` files are parsed,
+    ``.safetensors`` headers are read, every other file is loaded with ``torch.load(weights_only=True)``
+    (numpy RNG states allowed, as accelerate does). Raises :class:`~fastsample.errors.ArtifactError`
+    naming the first bad file."""
+    from accelerate.utils import load as accelerate_load
 
     checkpoint = Path(checkpoint)
-    model.load_state_dict(load_file(str(checkpoint / _MODEL_FILE)), strict=True)  # also checks the keys
-    shadow = torch.load(checkpoint / _EMA_FILE, weights_only=True, map_location="cpu")["shadow_params"]
+    for path in sorted(checkpoint.iterdir()):
+        if path.is_dir():
+            raise ArtifactError(path, "only files in a checkpoint folder", "a folder")
+        if path.suffix == ".json":
+            with reading(path, "a JSON file"):
+                json.loads(path.read_bytes().decode("utf-8"))
+        elif path.suffix == ".safetensors":
+            read_safetensors_metadata(path, "a safetensors file")
+        else:
+            expected = "a tensor-only torch file (read with torch.load(weights_only=True))"
+            with reading(path, expected):
+                try:
+                    accelerate_load(str(path), map_location="cpu", weights_only=True)
+                except pickle.UnpicklingError as error:
+                    raise ArtifactError(
+                        path,
+                        expected,
+                        "a pickle holding objects other than tensors (loading it could run code); refusing "
+                        "to resume from this folder",
+                    ) from error
+
+
+def load_checkpoint_ema(checkpoint: str | os.PathLike, model: torch.nn.Module) -> torch.nn.Module:
+    """Copy the EMA weights of a :func:`train` checkpoint folder into ``model`` (in place; returns it)."""
+    checkpoint = Path(checkpoint)
+    model_file = checkpoint / _MODEL_FILE
+    state = read_safetensors(model_file, "the model weights of a fastsample train checkpoint")
+    with reading(model_file, "the model weights of a fastsample train checkpoint"):
+        model.load_state_dict(state, strict=True)  # also checks the keys
+    shadow = read_checkpoint_ema(checkpoint)["shadow_params"]
     params = list(model.parameters())
-    if len(shadow) != len(params):
-        raise ValueError(f"{checkpoint}: {len(shadow)} EMA tensors for a model with {len(params)} parameters")
+    _check_shadow(checkpoint, shadow, params)
     with torch.no_grad():
         for param, value in zip(params, shadow, strict=True):
             param.copy_(value)
@@ -372,8 +506,30 @@ def latest_checkpoint(output_dir: str | os.PathLike) -> Path | None:
     return found[-1] if found else None
 
 
+@contextlib.contextmanager
+def _without_custom_states(checkpoint: Path) -> Iterator[Path]:
+    """``checkpoint``, or a temporary view of it (symbolic links) without accelerate's
+    ``custom_checkpoint_*.pkl`` files when it has some (earlier versions' EMA): accelerate refuses a folder
+    with more custom states than registered objects, and must never unpickle them."""
+    custom = [
+        p for p in checkpoint.iterdir() if p.name.startswith("custom_checkpoint_") and p.suffix == ".pkl"
+    ]
+    if not custom:
+        yield checkpoint
+        return
+    with tempfile.TemporaryDirectory(prefix="fastsample-resume-") as view:
+        for path in checkpoint.iterdir():
+            if path not in custom:
+                os.symlink(path.resolve(), Path(view) / path.name)
+        yield Path(view)
+
+
 def train(config: TrainConfig, resume: str | os.PathLike | None = None) -> dict[str, Any]:
     """Train (or resume) the embedded DiT. ``resume`` is a checkpoint folder or ``"latest"``.
+
+    A checkpoint folder may contain only the files of :data:`CHECKPOINT_FILES`; every file is checked before
+    the run resumes and one that would need arbitrary unpickling is refused (module docstring), so resuming
+    from a folder of unknown origin runs no code from it.
 
     With ``config.init_from`` the run starts at step 0 from those weights (model and EMA; fresh optimizer
     and LR schedule); it cannot be combined with ``resume`` (resume a post-training run without it: its
@@ -426,7 +582,8 @@ def train(config: TrainConfig, resume: str | os.PathLike | None = None) -> dict[
     )
     model, optimizer, lr_scheduler = accelerator.prepare(model, optimizer, lr_scheduler)
     ema.to(accelerator.device)
-    accelerator.register_for_checkpointing(ema)
+    # The EMA is not registered with accelerate (whose load_state unpickles registered objects with
+    # weights_only=False): fastsample writes and reads it as ema.safetensors.
 
     step = 0
     if resume is not None:
@@ -436,8 +593,22 @@ def train(config: TrainConfig, resume: str | os.PathLike | None = None) -> dict[
         else:
             if not (path / _STATE_FILE).exists():
                 raise FileNotFoundError(f"{path} is not a checkpoint folder (no {_STATE_FILE})")
-            accelerator.load_state(str(path))
-            step = json.loads((path / _STATE_FILE).read_text())["step"]
+            check_checkpoint_folder(path)  # before anything is loaded from it
+            ema_state = read_checkpoint_ema(path)
+            _check_shadow(
+                path, ema_state["shadow_params"], list(accelerator.unwrap_model(model).parameters())
+            )
+            with reading(path, "a checkpoint of this run"):
+                with _without_custom_states(path) as readable:
+                    accelerator.load_state(str(readable))
+                ema.load_state_dict(ema_state)
+            ema.to(accelerator.device)
+            state_file = path / _STATE_FILE
+            trainer_state = read_json(state_file, "the trainer_state.json of a checkpoint")
+            require_fields(state_file, trainer_state, ("step",), "the trainer_state.json of a checkpoint")
+            step = trainer_state["step"]
+            if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+                raise ArtifactError(state_file, "a step count >= 0", repr(step))
             logger.info("resumed from %s at step %d", path, step)
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
@@ -446,7 +617,7 @@ def train(config: TrainConfig, resume: str | os.PathLike | None = None) -> dict[
         if config.init_from is not None:  # absolute, so that the record is usable from anywhere
             record["init_from"] = str(Path(config.init_from).resolve())
         elif resume is not None and previous.exists():  # keep a post-training run's init_from on resume
-            record["init_from"] = json.loads(previous.read_text()).get("init_from")
+            record["init_from"] = read_json(previous, "the train_config.json of this run").get("init_from")
         (output_dir / "train_config.json").write_text(json.dumps(record, indent=2) + "\n")
 
     null_label = NUM_CLASSES
@@ -480,6 +651,7 @@ def train(config: TrainConfig, resume: str | os.PathLike | None = None) -> dict[
         path = output_dir / f"checkpoint-{step}"
         accelerator.save_state(str(path))
         if accelerator.is_main_process:
+            save_ema_state(ema, accelerator.unwrap_model(model), path / _EMA_FILE)
             (path / _STATE_FILE).write_text(json.dumps({"step": step, "loss": last_loss}) + "\n")
             for old in _checkpoints(output_dir)[: -config.keep_checkpoints]:
                 shutil.rmtree(old, ignore_errors=True)

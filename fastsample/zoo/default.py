@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import importlib.resources
-import json
 import logging
 import os
 from collections.abc import Iterator, Sequence
@@ -74,8 +73,10 @@ def _weights_file(name: str) -> Iterator[Path]:
 
 
 def _read_json(name: str) -> dict[str, Any]:
+    from fastsample.errors import read_json
+
     with _weights_file(name) as path:
-        return json.loads(path.read_text())
+        return read_json(path, f"the shipped {name} (a JSON object)")
 
 
 def load_feature_net(device: str | torch.device | None = None) -> FeatureNet:
@@ -91,17 +92,21 @@ def load_dit(
     ``dit.safetensors``, as ``fastsample train --export`` writes them), in eval mode, cast to ``dtype``
     (float32 by default)."""
     from diffusers import DiTTransformer2DModel
-    from safetensors.torch import load_file
+
+    from fastsample.errors import ArtifactError, read_json, read_safetensors, reading
 
     directory = Path(directory)
-    config = json.loads((directory / DIT_CONFIG_FILE).read_text())
+    config_file, weights_file = directory / DIT_CONFIG_FILE, directory / DIT_WEIGHTS_FILE
+    expected = "a DiTTransformer2DModel config (JSON)"
+    config = read_json(config_file, expected)
     class_name = config.get("_class_name", "DiTTransformer2DModel")
     if class_name not in ("DiTTransformer2DModel", "Transformer2DModel"):
-        raise ValueError(
-            f"{DIT_CONFIG_FILE}: expected a DiTTransformer2DModel config, got _class_name {class_name!r}"
-        )
-    transformer = DiTTransformer2DModel.from_config(config)
-    transformer.load_state_dict(load_file(str(directory / DIT_WEIGHTS_FILE)), strict=True)
+        raise ArtifactError(config_file, expected, f"_class_name {class_name!r}")
+    with reading(config_file, expected):
+        transformer = DiTTransformer2DModel.from_config(config)
+    state = read_safetensors(weights_file, f"the weights of the DiT described by {DIT_CONFIG_FILE}")
+    with reading(weights_file, f"the weights of the DiT described by {DIT_CONFIG_FILE}"):
+        transformer.load_state_dict(state, strict=True)
     transformer = transformer.to(device=device, dtype=dtype or torch.float32)
     return transformer.eval()
 

@@ -199,19 +199,21 @@ def save_feature_net(net: FeatureNet, path: str | Path, metadata: dict | None = 
 
 def load_feature_net_file(path: str | Path, device: str | torch.device | None = None) -> FeatureNet:
     """Build a :class:`FeatureNet` from a file written by :func:`save_feature_net`; returned in eval mode."""
-    from safetensors import safe_open
-    from safetensors.torch import load_file
+    from fastsample.errors import ArtifactError, read_safetensors, read_safetensors_metadata, reading
 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"feature net weights not found: {path} (run `fastsample train-featurenet`)")
-    with safe_open(str(path), framework="pt") as handle:
-        metadata = handle.metadata() or {}
+    expected = f"a fastsample feature net file (safetensors with {_METADATA_KEY!r} metadata)"
+    metadata = read_safetensors_metadata(path, expected)
     if _METADATA_KEY not in metadata:
-        raise ValueError(f"{path} is not a fastsample feature net file (no {_METADATA_KEY!r} metadata)")
-    config = json.loads(metadata[_METADATA_KEY])
-    net = FeatureNet(tuple(config["channels"]), config["feature_dim"], config["num_classes"])
-    net.load_state_dict(load_file(str(path)), strict=True)
+        raise ArtifactError(path, expected, f"metadata keys {sorted(metadata)}")
+    with reading(path, expected):
+        config = json.loads(metadata[_METADATA_KEY])
+        net = FeatureNet(tuple(config["channels"]), config["feature_dim"], config["num_classes"])
+    state = read_safetensors(path, expected)
+    with reading(path, expected):
+        net.load_state_dict(state, strict=True)
     return net.to(device).eval() if device is not None else net.eval()
 
 

@@ -101,7 +101,7 @@ def test_router_mismatch_is_refused(tmp_path):
     config = json.loads((tmp_path / "router_config.json").read_text())
     config["format"] = "something-else"
     (tmp_path / "router_config.json").write_text(json.dumps(config))
-    with pytest.raises(ValueError, match="not a fastsample HarmoniCa router"):
+    with pytest.raises(ValueError, match="fastsample HarmoniCa router config"):
         RouterArtifact.from_pretrained(tmp_path)
 
 

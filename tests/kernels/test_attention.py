@@ -338,3 +338,37 @@ def test_flux_fused_prologue_with_cache(prologue_calls):
         assert cache.stats().hit_ratio == hits > 0
     assert prologue_calls
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("head_dim", [64, 72])
+@pytest.mark.parametrize("kernel", ["flash", "efficient", "cudnn", "math"])
+@pytest.mark.parametrize("masked", [False, True])
+def test_direct_kernel_calls_match_sdpa_kernel_on_cuda(kernel, head_dim, dtype, masked):
+    """sdpa_with_kernels (no global flags) computes what torch's own selection under sdpa_kernel computes,
+    and refuses where torch has no viable kernel either."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    from fastsample.kernels.attention import sdpa_with_kernels
+
+    backend = {
+        "flash": SDPBackend.FLASH_ATTENTION,
+        "efficient": SDPBackend.EFFICIENT_ATTENTION,
+        "cudnn": SDPBackend.CUDNN_ATTENTION,
+        "math": SDPBackend.MATH,
+    }[kernel]
+    generator = torch.Generator("cuda").manual_seed(0)
+    q, k, v = (
+        torch.randn(2, 3, 77, head_dim, device="cuda", dtype=dtype, generator=generator) for _ in range(3)
+    )
+    mask = torch.randn(2, 1, 1, 77, device="cuda", dtype=dtype, generator=generator) if masked else None
+    try:
+        with sdpa_kernel([backend]):
+            expected = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    except RuntimeError:
+        with pytest.raises(RuntimeError, match="no available kernel"):
+            sdpa_with_kernels(q, k, v, mask, kernels=[kernel])
+        return
+    got = sdpa_with_kernels(q, k, v, mask, kernels=[kernel])
+    torch.testing.assert_close(got, expected, atol=2e-3, rtol=2e-3)

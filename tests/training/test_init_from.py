@@ -14,6 +14,7 @@ from fastsample.training.trainer import (
     build_model,
     init_source,
     load_init_weights,
+    read_checkpoint_ema,
 )
 from tests.training.test_train_cli import run_train
 
@@ -35,7 +36,7 @@ def _params(model):
 
 def test_weights_after_loading_equal_the_source_exactly(source):
     checkpoint, export = source / "run" / "checkpoint-3", source / "export"
-    shadow = torch.load(checkpoint / "custom_checkpoint_0.pkl", weights_only=False)["shadow_params"]
+    shadow = read_checkpoint_ema(checkpoint)["shadow_params"]
     exported = load_file(export / WEIGHT_FILE)
     for path, kind in ((checkpoint, "checkpoint"), (export, "export")):
         config = TrainConfig(**TINY_ARCH, prediction_type="flow", init_from=str(path))
@@ -177,11 +178,11 @@ def test_benchmark_step_zero_is_the_start(source, tmp_path):
     out = tmp_path / "post"
     assert run_train(out, 1, "--prediction-type", "flow", "--init-from", str(checkpoint)) == 0
     model, config = bench.load_ema_transformer(out, 0)
-    shadow = torch.load(checkpoint / "custom_checkpoint_0.pkl", weights_only=False)["shadow_params"]
+    shadow = read_checkpoint_ema(checkpoint)["shadow_params"]
     for param, ema in zip(model.parameters(), shadow, strict=True):
         assert torch.equal(param, ema)
     model, _ = bench.load_ema_transformer(out, 1)
-    shadow = torch.load(out / "checkpoint-1" / "custom_checkpoint_0.pkl", weights_only=False)["shadow_params"]
+    shadow = read_checkpoint_ema(out / "checkpoint-1")["shadow_params"]
     for param, ema in zip(model.parameters(), shadow, strict=True):
         assert torch.equal(param, ema)
 

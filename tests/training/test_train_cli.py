@@ -9,7 +9,13 @@ import torch
 from safetensors.torch import load_file
 
 from fastsample.training.commands import main, register
-from fastsample.training.trainer import CONFIG_FILE, SCHEDULER_FILE, WEIGHT_FILE, latest_checkpoint
+from fastsample.training.trainer import (
+    CONFIG_FILE,
+    SCHEDULER_FILE,
+    WEIGHT_FILE,
+    latest_checkpoint,
+    read_checkpoint_ema,
+)
 from fastsample.zoo.default import load_dit
 
 TINY = ["--width", "32", "--head-dim", "16", "--depth", "1", "--patch-size", "8", "--batch-size", "4"]
@@ -23,8 +29,8 @@ def run_train(out, steps, *extra):
 def load_checkpoint(path):
     """Model, EMA and optimizer state of an accelerate checkpoint folder."""
     model = load_file(path / "model.safetensors")
-    ema = torch.load(path / "custom_checkpoint_0.pkl", weights_only=False)
-    optimizer = torch.load(path / "optimizer.bin", weights_only=False)
+    ema = read_checkpoint_ema(path)
+    optimizer = torch.load(path / "optimizer.bin", weights_only=True)
     return model, ema, optimizer
 
 

@@ -90,7 +90,7 @@ def test_save_load_round_trip(tmp_path):
     from safetensors.torch import save_file
 
     save_file({"w": torch.zeros(1)}, str(tmp_path / "other.safetensors"))
-    with pytest.raises(ValueError, match="not a fastsample feature net"):
+    with pytest.raises(ValueError, match="a fastsample feature net file"):
         load_feature_net_file(tmp_path / "other.safetensors")
     with pytest.raises(FileNotFoundError, match="train-featurenet"):
         load_feature_net_file(tmp_path / "missing.safetensors")
