@@ -46,9 +46,9 @@ _LAZY_EXPORTS: dict[str, str] = {
     # eval
     "frechet_distance": "fastsample.eval",
     # pipelines and defaults
-    "optimize": "fastsample.pipelines.optimize",
+    "optimize": "fastsample.optimize",
     "PixelDiTPipeline": "fastsample.pipelines.pixel_dit",
-    "get_adapter": "fastsample.pipelines.adapters",
+    "get_adapter": "fastsample.integration.adapters",
     "load_default_pipeline": "fastsample.zoo.default",
     "load_feature_net": "fastsample.zoo.default",
 }

@@ -1,8 +1,8 @@
 """``enable_cache(pipe_or_model, method, **knobs)``: the one-line entry point, and the handle it returns.
 
 With a pipeline, the denoiser and its CFG layout come from the project's adapter table
-(:func:`fastsample.pipelines.adapters.get_adapter`) and the cache state is reset at the start of every
-``pipe(...)`` call (:func:`fastsample.pipelines.call_scope.on_call`). With a bare transformer nothing knows
+(:func:`fastsample.integration.adapters.get_adapter`) and the cache state is reset at the start of every
+``pipe(...)`` call (:func:`fastsample.integration.call_scope.on_call`). With a bare transformer nothing knows
 where a sampling run starts: call ``handle.reset()`` before each run.
 """
 
@@ -28,7 +28,7 @@ from fastsample.cache.hooks import (
 from fastsample.cache.policies import FORA, CachePolicy, DynamicThreshold, NoCache, StaticSchedule
 from fastsample.cache.stats import CacheStats
 from fastsample.cache.units import find_sites
-from fastsample.pipelines.call_scope import on_call, remove_call_hook
+from fastsample.integration.call_scope import on_call, remove_call_hook
 
 logger = logging.getLogger(__name__)
 
@@ -78,7 +78,7 @@ def _resolve(target: Any) -> tuple[Any, torch.nn.Module]:
     if isinstance(target, torch.nn.Module):
         return None, target
     if hasattr(target, "components") and callable(target):
-        from fastsample.pipelines.adapters import get_adapter
+        from fastsample.integration.adapters import get_adapter
 
         adapter = get_adapter(target)
         if adapter.cfg_layout == "separate_calls" and not adapter.opens_cache_context:

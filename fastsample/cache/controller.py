@@ -106,7 +106,7 @@ class CacheController:
     def reset(self, call_args: dict[str, Any] | None = None) -> None:
         """Forget every step and cached tensor (buffers are kept for reuse); starts a new sampling run.
 
-        ``call_args``: the pipeline call's bound arguments (:func:`fastsample.pipelines.call_scope.on_call`),
+        ``call_args``: the pipeline call's bound arguments (:func:`fastsample.integration.call_scope.on_call`),
         handed to the policy's ``check_call``."""
         if self.active is not None:
             raise RuntimeError("cannot reset the cache in the middle of a denoiser forward.")

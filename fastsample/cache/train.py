@@ -82,7 +82,7 @@ class _Sampler:
     """The pipeline's sampling loop, driven step by step, with the cache controller's modes."""
 
     def __init__(self, pipe: Any, config: RouterTrainingConfig, device: torch.device) -> None:
-        from fastsample.pipelines.adapters import get_adapter
+        from fastsample.integration.adapters import get_adapter
 
         adapter = get_adapter(pipe)
         model = adapter.denoiser(pipe)

@@ -151,12 +151,12 @@ def build_scheduler(name: str, config: Any) -> Any:
 @contextlib.contextmanager
 def applied(recipe: Recipe, pipe: Any, base_config: Any) -> Iterator[Any]:
     """Swap in the recipe's scheduler, guidance hook and cache for the block (through
-    :func:`fastsample.pipelines.optimize.optimize`); the pipeline is restored exactly afterwards.
+    :func:`fastsample.optimize.optimize`); the pipeline is restored exactly afterwards.
 
     Yields ``(guidance handle, cache handle)`` (each ``None`` when unused); the guidance handle's
     ``last_stats`` count the model samples.
     """
-    from fastsample.pipelines.optimize import optimize
+    from fastsample.optimize import optimize
 
     with optimize(
         pipe,

@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from fastsample.pipelines.adapters import find_denoiser
+from fastsample.integration.adapters import find_denoiser
 
 __all__ = [
     "MIN_REPEATS",

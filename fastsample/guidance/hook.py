@@ -18,7 +18,7 @@ samples out (Adaptive Guidance after some samples switched), the batch is re-pac
 conditional rows plus the unconditional rows of the masked samples only, with every batched argument
 selected the same way, and the unmasked samples get u = c.
 Per-generation state is reset at the start of each ``pipe(...)`` through
-:mod:`fastsample.pipelines.call_scope`, which also hands the hook the call's bound arguments: the pipeline's
+:mod:`fastsample.integration.call_scope`, which also hands the hook the call's bound arguments: the pipeline's
 guidance scale and CFG switch come from them (or from an attribute such as ``pipe._guidance_scale``) as the
 adapter says. A denoiser called outside a pipeline call runs unguided.
 """
@@ -34,8 +34,8 @@ from typing import Any, Literal
 import torch
 from diffusers.hooks.hooks import BaseState, HookRegistry, ModelHook, StateManager
 
-from fastsample.pipelines.adapters import PipelineAdapter, get_adapter, rho_to_alpha_sigma
-from fastsample.pipelines.call_scope import has_call_hook, on_call, remove_call_hook
+from fastsample.integration.adapters import PipelineAdapter, get_adapter, rho_to_alpha_sigma
+from fastsample.integration.call_scope import has_call_hook, on_call, remove_call_hook
 
 from .context import GuidanceContext
 from .methods import GuidanceMethod
@@ -398,7 +398,7 @@ def enable_guidance(pipe: Any, method: GuidanceMethod, write_back: WriteBack = "
 
     Args:
         pipe: a supported diffusers (or fastsample) pipeline; see
-            :func:`fastsample.pipelines.adapters.supported_pipelines`.
+            :func:`fastsample.integration.adapters.supported_pipelines`.
         method: a :class:`~fastsample.guidance.methods.GuidanceMethod` instance.
         write_back: ``"auto"`` (A1 for batched pipelines, A2 for separate calls), ``"both"`` (A1) or
             ``"keep_cond"`` (A2); see the module docstring.

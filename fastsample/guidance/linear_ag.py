@@ -35,7 +35,7 @@ _FILE = "linear_ag.json"
 def pipeline_signature(pipe: Any) -> dict[str, Any]:
     """What a LinearAG fit is valid for: the denoiser (class, name, config and a weight fingerprint), the
     scheduler (class and config) and the number of scheduler timesteps."""
-    from fastsample.pipelines.adapters import get_adapter
+    from fastsample.integration.adapters import get_adapter
 
     denoiser = get_adapter(pipe).denoiser(pipe)
     params = list(denoiser.parameters())

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from fastsample.pipelines.adapters import get_adapter
+from fastsample.integration.adapters import get_adapter
 
 from .annealing import AnnealingHead
 from .context import GuidanceContext

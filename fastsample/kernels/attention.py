@@ -32,7 +32,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from fastsample.pipelines.adapters import find_denoiser
+from fastsample.integration.adapters import find_denoiser
 
 logger = logging.getLogger(__name__)
 

@@ -337,7 +337,7 @@ def enable_dit_savings(
     from diffusers.models.normalization import AdaLayerNormZero
 
     from fastsample.kernels.attention import require_triton
-    from fastsample.pipelines.adapters import find_denoiser
+    from fastsample.integration.adapters import find_denoiser
 
     model = find_denoiser(pipe_or_model, "enable_dit_savings")
     if not isinstance(model, DiTTransformer2DModel):

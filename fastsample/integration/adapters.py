@@ -17,7 +17,7 @@ hard-coding them (architecture.md, "One table of pipeline facts"; guidance.md §
 - ``guidance_scale_attr`` / ``guidance_scale_arg``: where the pipeline keeps its guidance scale: an attribute
   set during ``__call__`` (``pipe._guidance_scale``) or only the ``__call__`` argument (DiT, PixArt,
   Flux ``true_cfg_scale``), read from the call's bound arguments
-  (:func:`fastsample.pipelines.call_scope.on_call` with ``with_arguments=True``).
+  (:func:`fastsample.integration.call_scope.on_call` with ``with_arguments=True``).
 - ``true_cfg_rule``: for ``"separate_calls"`` pipelines, whether a call with these arguments runs the
   unconditional pass (the pipeline's own rule, restated: Flux needs ``true_cfg_scale > 1`` and a negative
   prompt or negative embeddings).

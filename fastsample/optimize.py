@@ -2,7 +2,7 @@
 
 Composes a scheduler swap (:mod:`fastsample.solvers` or any diffusers scheduler), a guidance method
 (:func:`fastsample.guidance.enable_guidance`) and a feature cache (:func:`fastsample.cache.enable_cache`) on a
-supported pipeline (:func:`fastsample.pipelines.adapters.get_adapter`). Every argument is validated and every
+supported pipeline (:func:`fastsample.integration.adapters.get_adapter`). Every argument is validated and every
 object built *before* the pipeline is touched, so a bad argument leaves it unchanged; the returned
 :class:`OptimizeHandle` logs and reports what is active and ``undo()`` restores the pipeline exactly (the
 same scheduler object, the same attention processors, no hooks left).
@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from fastsample.pipelines.adapters import get_adapter
+from fastsample.integration.adapters import get_adapter
 
 logger = logging.getLogger(__name__)
 
@@ -253,7 +253,7 @@ def optimize(
     """Compose fastsample's capabilities on ``pipe``; undo with ``handle.undo()`` or a ``with`` block.
 
     Args:
-        pipe: a supported pipeline (:func:`fastsample.pipelines.adapters.supported_pipelines`).
+        pipe: a supported pipeline (:func:`fastsample.integration.adapters.supported_pipelines`).
         scheduler: ``None`` (keep), a scheduler instance, a scheduler class (``cls.from_config(
             pipe.scheduler.config)``) or a shortcut: ``"ghvb"`` (GHVB order 1.8, Karras grid), ``"hb"``
             (PLMS4 + Heavy Ball 0.8), ``"plms"`` (PLMS4), ``"dpm++2m-hb"`` (DPM-Solver++ 2M + Heavy Ball 0.8).

@@ -1,4 +1,4 @@
-"""fastsample.pipelines.optimize: composition, summary, exact undo, refusal before any change."""
+"""fastsample.optimize: composition, summary, exact undo, refusal before any change."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import pytest
 
 from fastsample.cache import enable_cache
 from fastsample.guidance import APG, AdaptiveGuidance, enable_guidance
-from fastsample.pipelines.adapters import get_adapter
-from fastsample.pipelines.call_scope import has_call_hook
-from fastsample.pipelines.optimize import OptimizeHandle, _scheduler_factories, optimize
+from fastsample.integration.adapters import get_adapter
+from fastsample.integration.call_scope import has_call_hook
+from fastsample.optimize import OptimizeHandle, _scheduler_factories, optimize
 from fastsample.solvers import GHVBScheduler, HeavyBallScheduler
 from fastsample.testing import call_kwargs, tiny_pipeline
 
@@ -60,7 +60,7 @@ def test_compose_summary_undo_and_by_hand(name, caplog):
     original = pipe.scheduler
     sched, guid, cache = RECIPES[name]
 
-    with caplog.at_level(logging.INFO, logger="fastsample.pipelines.optimize"):
+    with caplog.at_level(logging.INFO, logger="fastsample.optimize"):
         handle = optimize(pipe, scheduler=sched, guidance=guid, cache=cache)
     assert not _untouched(pipe)  # the hook check sees the hooks while they are on
     optimized = _run(pipe, name)
