@@ -7,7 +7,7 @@ first use, so ``import fastsample`` stays cheap::
     import fastsample as fs
 
     pipe.scheduler = fs.GHVBScheduler.from_config(pipe.scheduler.config, ghvb_order=2.5)
-    with fs.guide(pipe, fs.APG()):
+    with fs.enable_guidance(pipe, fs.APG()):
         image = pipe(prompt).images[0]
     handle = fs.enable_cache(pipe, "fora", interval=2)
 """

@@ -3,7 +3,7 @@
 With a pipeline, the denoiser and its CFG layout come from the project's adapter table
 (:func:`fastsample.integration.adapters.get_adapter`) and the cache state is reset at the start of every
 ``pipe(...)`` call (:func:`fastsample.integration.call_scope.on_call`). With a bare transformer nothing knows
-where a sampling run starts: call ``handle.reset()`` before each run.
+where a sampling run starts: call ``handle.new_run()`` before each run.
 """
 
 from __future__ import annotations
@@ -15,39 +15,30 @@ from typing import Any
 import torch
 
 from fastsample.cache.controller import CacheController
-from fastsample.cache.hooks import (
-    SITE_HOOK,
-    STEP_HOOK,
-    BlockHook,
-    HookedModules,
-    StepHook,
-    UnitHook,
-    has_fastsample_cache,
-    invalidate_registry_cache,
-)
+from fastsample.cache.hooks import SITE_HOOK, STEP_HOOK, BlockHook, StepHook, UnitHook, has_fastsample_cache
 from fastsample.cache.policies import FORA, CachePolicy, DynamicThreshold, NoCache, StaticSchedule
+from fastsample.cache.router import HarmoniCaPolicy
 from fastsample.cache.stats import CacheStats
 from fastsample.cache.units import find_sites
+from fastsample.integration.adapters import get_adapter, resolve_denoiser
 from fastsample.integration.call_scope import on_call, remove_call_hook
+from fastsample.integration.handles import Handle, deprecated_alias
+from fastsample.integration.hooks import HookedModules, invalidate_registry_cache
 
 logger = logging.getLogger(__name__)
 
 CALL_KEY = "fastsample.cache"
 
 
-def _policy_classes() -> dict[str, type[CachePolicy]]:
-    from fastsample.cache.router import HarmoniCaPolicy
-
-    return {
-        "none": NoCache,
-        "fora": FORA,
-        "dynamic": DynamicThreshold,
-        "harmonica": HarmoniCaPolicy,
-        "static": StaticSchedule,
-    }
-
-
-METHODS = ("none", "fora", "dynamic", "harmonica", "static")
+# The one name table of cache policies.
+POLICIES: dict[str, type[CachePolicy]] = {
+    "none": NoCache,
+    "fora": FORA,
+    "dynamic": DynamicThreshold,
+    "harmonica": HarmoniCaPolicy,
+    "static": StaticSchedule,
+}
+METHODS = tuple(POLICIES)
 
 
 def make_policy(method: str | CachePolicy, **knobs: Any) -> CachePolicy:
@@ -60,8 +51,7 @@ def make_policy(method: str | CachePolicy, **knobs: Any) -> CachePolicy:
         return method
     if not isinstance(method, str):
         raise TypeError(f"method must be one of {METHODS} or a CachePolicy, got {type(method).__name__}.")
-    classes = _policy_classes()
-    cls = classes.get(method.lower())
+    cls = POLICIES.get(method.lower())
     if cls is None:
         raise ValueError(f"unknown cache method {method!r}; choose one of {METHODS} or pass a CachePolicy.")
     allowed = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
@@ -78,20 +68,19 @@ def _resolve(target: Any) -> tuple[Any, torch.nn.Module]:
     if isinstance(target, torch.nn.Module):
         return None, target
     if hasattr(target, "components") and callable(target):
-        from fastsample.integration.adapters import get_adapter
-
         adapter = get_adapter(target)
         if adapter.cfg_layout == "separate_calls" and not adapter.opens_cache_context:
             raise ValueError(
                 f"{type(target).__name__} runs cond and uncond as separate calls without opening a "
                 "cache_context, so their caches cannot be kept apart; it is not supported."
             )
-        return target, adapter.denoiser(target)
+        return target, resolve_denoiser(target, "enable_cache", require_adapter=True)
     raise TypeError(f"enable_cache expects a diffusers pipeline or transformer, got {type(target).__name__}.")
 
 
-class CacheHandle:
-    """From ``enable_cache``: ``stats()``, ``summary()``, ``reset()``, ``disable()``; usable with ``with``."""
+class CacheHandle(Handle):
+    """From ``enable_cache``: ``stats()``, ``summary()``, ``new_run()``, and the :class:`Handle` verbs
+    ``disable()``, ``describe()``, ``active`` and ``with``."""
 
     def __init__(
         self, controller: CacheController, hooked: HookedModules, model: torch.nn.Module, pipe: Any
@@ -101,7 +90,7 @@ class CacheHandle:
         self.model = model
         self.pipe = pipe
         self.policy = controller.policy
-        self.enabled = True
+        self.active = True
 
     def stats(self) -> CacheStats:
         """Record of the current (or last) sampling run; warns when nothing was reused (bare models)."""
@@ -113,19 +102,27 @@ class CacheHandle:
         """One-line description of the last run (method, hit ratio, computed MACs, theoretical speed-up)."""
         return self._controller.stats().summary()
 
-    def reset(self) -> None:
+    def describe(self) -> str:
+        state = "enabled" if self.active else "disabled"
+        return f"{self.policy.describe()} on {type(self.model).__name__}, {state}"
+
+    def new_run(self) -> None:
         """Start a new sampling run: forget steps and cached features. Pipelines do this on every call."""
         self._controller.reset()
 
-    def disable(self) -> None:
+    reset = deprecated_alias("new_run", "reset")
+
+    @property
+    def enabled(self) -> bool:
+        """Former name of :attr:`active`."""
+        return self.active
+
+    def _undo(self) -> None:
         """Remove every hook; the model's modules, ``forward`` attributes and outputs are as before."""
-        if not self.enabled:
-            return
         self._hooked.remove_all()
         invalidate_registry_cache(self.model)
         if self.pipe is not None:
             remove_call_hook(self.pipe, CALL_KEY)
-        self.enabled = False
 
     def _end_call(self) -> None:
         self._controller.call_args = None  # do not keep the call's tensors alive
@@ -139,15 +136,6 @@ class CacheHandle:
                 self.policy.describe(),
             )
 
-    def __enter__(self) -> CacheHandle:
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.disable()
-
-    def __repr__(self) -> str:
-        state = "enabled" if self.enabled else "disabled"
-        return f"CacheHandle({self.policy.describe()} on {type(self.model).__name__}, {state})"
 
 
 def enable_cache(
@@ -163,7 +151,7 @@ def enable_cache(
     Args:
         pipe_or_model: a supported diffusers pipeline (DiT, PixArt, SD3, Flux, fastsample's PixelDiT) or a
             bare             ``DiTTransformer2DModel``/``PixArtTransformer2DModel``/``SD3Transformer2DModel``/
-            ``FluxTransformer2DModel``. With a bare model call ``handle.reset()`` before every sampling run.
+            ``FluxTransformer2DModel``. With a bare model call ``handle.new_run()`` before every sampling run.
         method: ``"fora"`` (knobs ``interval``, ``level``), ``"dynamic"`` (``threshold``, ``warmup_steps``,
             ``max_consecutive``), ``"harmonica"`` (``router``, ``threshold``), ``"static"`` (``mask``,
             ``level``), ``"none"``, or a :class:`~fastsample.cache.policies.CachePolicy` object.

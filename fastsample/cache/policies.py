@@ -97,7 +97,7 @@ class StaticSchedule(CachePolicy):
             raise RuntimeError(
                 f"{self.describe()} covers {self.mask.shape[0]} steps but step {step} was requested; use as "
                 "many "
-                "inference steps as the schedule has (and call handle.reset() between runs of a bare model)."
+                "inference steps as the schedule has (and call handle.new_run() between runs of a bare model)."
             )
         return self.mask[step].tolist()
 

@@ -43,6 +43,10 @@ from typing import Any
 
 import torch
 
+from fastsample.guidance.methods import METHODS as GUIDANCE_METHODS
+from fastsample.solvers.presets import BASELINE_SHORTCUTS, SHORTCUTS
+from fastsample.solvers.presets import build as build_preset
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -56,8 +60,9 @@ __all__ = [
     "run_bench",
 ]
 
-SCHEDULERS = ("dpm++2m", "ddim", "pndm", "euler", "ghvb", "hb")
-GUIDANCE = ("cfg", "ag", "apg")
+# the name tables of fastsample.solvers.presets and fastsample.guidance.methods.METHODS
+SCHEDULERS = BASELINE_SHORTCUTS + SHORTCUTS
+GUIDANCE = tuple(GUIDANCE_METHODS)
 CACHES = (None, "fora")
 
 
@@ -123,29 +128,12 @@ RECIPES: dict[str, Recipe] = {recipe.name: recipe for recipe in DEFAULT_RECIPES 
 # Applying a recipe to a pipeline
 # ---------------------------------------------------------------------------------------------------------
 def build_scheduler(name: str, config: Any) -> Any:
-    """The scheduler ``name`` built with ``from_config`` from the pipeline's own (training) schedule."""
-    import diffusers
-
-    from fastsample.solvers import GHVBScheduler, HeavyBallScheduler
-
-    factories: dict[str, Callable[[], Any]] = {
-        "dpm++2m": lambda: diffusers.DPMSolverMultistepScheduler.from_config(
-            config, algorithm_type="dpmsolver++", solver_order=2
-        ),
-        "ddim": lambda: diffusers.DDIMScheduler.from_config(config),
-        "pndm": lambda: diffusers.PNDMScheduler.from_config(config, skip_prk_steps=True),
-        "euler": lambda: diffusers.EulerDiscreteScheduler.from_config(config),
-        # the solver table's best VP rows (fastsample.solvers.benchmark_entries)
-        "ghvb": lambda: GHVBScheduler.from_config(
-            config, ghvb_order=1.8, use_karras_sigmas=True, final_sigmas_type="zero"
-        ),
-        "hb": lambda: HeavyBallScheduler.from_config(
-            config, plms_order=4, momentum=0.8, final_sigmas_type="zero"
-        ),
-    }
-    if name not in factories:
+    """The scheduler ``name`` (:mod:`fastsample.solvers.presets`: a diffusers baseline or a recommended
+    configuration for the family of ``config``) built with ``from_config`` from the pipeline's own (training)
+    schedule."""
+    if name not in SCHEDULERS:
         raise ValueError(f"scheduler must be one of {SCHEDULERS}, got {name!r}")
-    return factories[name]()
+    return build_preset(name, config, baselines=True)
 
 
 @contextlib.contextmanager

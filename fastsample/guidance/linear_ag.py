@@ -18,7 +18,6 @@ refuse to run on anything else.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -26,30 +25,12 @@ from typing import Any
 
 import torch
 
+from fastsample.integration.adapters import pipeline_signature
+
 from .context import GuidanceContext
 from .methods import GuidanceMethod, cfg_combine
 
 _FILE = "linear_ag.json"
-
-
-def pipeline_signature(pipe: Any) -> dict[str, Any]:
-    """What a LinearAG fit is valid for: the denoiser (class, name, config and a weight fingerprint), the
-    scheduler (class and config) and the number of scheduler timesteps."""
-    from fastsample.integration.adapters import get_adapter
-
-    denoiser = get_adapter(pipe).denoiser(pipe)
-    params = list(denoiser.parameters())
-    digest = hashlib.sha1(json.dumps(dict(denoiser.config), sort_keys=True, default=str).encode())
-    for p in (params[0], params[-1]):
-        digest.update(p.detach().flatten()[:64].to("cpu", torch.float64).numpy().tobytes())
-    sched_config = {k: v for k, v in dict(pipe.scheduler.config).items() if not k.startswith("_")}
-    return {
-        "model": f"{type(denoiser).__name__}:{getattr(denoiser.config, '_name_or_path', '') or ''}:"
-        f"{digest.hexdigest()[:16]}",
-        "scheduler": f"{type(pipe.scheduler).__name__}:"
-        f"{hashlib.sha1(json.dumps(sched_config, sort_keys=True, default=str).encode()).hexdigest()[:16]}",
-        "num_steps": len(pipe.scheduler.timesteps),
-    }
 
 
 @dataclass

@@ -363,7 +363,18 @@ class CFGPlusPlus(GuidanceMethod):
         return self._combine(self.guidance_scale, cond, uncond, ctx)
 
 
+# The one name table of guidance methods (optimize, the benchmark recipes and the CLI read it).
+METHODS: dict[str, type[GuidanceMethod]] = {
+    "cfg": CFG,
+    "cfg-rescale": CFGRescale,
+    "apg": APG,
+    "ag": AdaptiveGuidance,
+    "cfg-zero-star": CFGZeroStar,
+    "cfg++": CFGPlusPlus,
+}
+
 __all__ = [
+    "METHODS",
     "APG",
     "CFG",
     "AdaptiveGuidance",

@@ -29,7 +29,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-FAMILIES = ("vp", "flow")
+from fastsample.solvers.presets import FAMILIES
+
 VP_PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
 FLOW_PREDICTION_TYPES = ("flow_prediction", "epsilon", "sample")
 PRESET_STDS = {"hard": 0.15, "smooth": 0.5}

@@ -29,7 +29,8 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from fastsample.zoo.gmm import FAMILIES, GaussianMixture
+from fastsample.solvers.presets import SolverEntry
+from fastsample.zoo.gmm import GaussianMixture
 from fastsample.zoo.oracle import LABEL_MODES, OracleMetrics, OracleProblem, ReferenceCache, evaluate
 
 logger = logging.getLogger(__name__)
@@ -91,32 +92,6 @@ NOTES_5_2: dict[tuple[str, int, float], tuple[float, float | None]] = {
     for name, values in _NOTES_ROWS.items()
     for (nfe, w), value in zip(_NOTES_COLUMNS, values)
 }
-
-
-@dataclass(frozen=True)
-class SolverEntry:
-    """One row of the solver table.
-
-    Attributes:
-        name: row label.
-        family: "vp" (indexed by ᾱ / σ̄; base config SD1.5) or "flow" (rectified flow; base config SD3).
-        make: base config dict -> a fresh diffusers-compatible scheduler (``SchedulerMixin``).
-        source: who implements it ("diffusers", "fastsample", ...), shown in the table; rows from
-            ``fastsample.solvers.benchmark_entries()`` that leave it empty are labelled "fastsample".
-    """
-
-    name: str
-    family: str
-    make: Callable[[dict], object]
-    source: str = ""
-
-    def __post_init__(self) -> None:
-        if not self.name:
-            raise ValueError("`name` must be a non-empty string")
-        if self.family not in FAMILIES:
-            raise ValueError(f"`family` must be one of {FAMILIES}, got {self.family!r}")
-        if not callable(self.make):
-            raise TypeError("`make` must be a callable taking the base config dict")
 
 
 def _from_config(class_name: str, config: dict, **overrides):
