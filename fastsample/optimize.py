@@ -1,9 +1,9 @@
 """``optimize(pipe, scheduler=..., guidance=..., cache=..., attention=...)``: every capability in one call.
 
 Composes a scheduler swap (:mod:`fastsample.solvers` or any diffusers scheduler), a guidance method
-(:func:`fastsample.guidance.enable_guidance`) and a feature cache (:func:`fastsample.cache.enable_cache`) on a
-supported pipeline (:func:`fastsample.integration.adapters.get_adapter`). Every argument is validated and every
-object built *before* the pipeline is touched, so a bad argument leaves it unchanged; the returned
+(:func:`fastsample.guidance.enable_guidance`) and a feature cache (:func:`fastsample.cache.enable_cache`) on
+a supported pipeline (:func:`fastsample.integration.adapters.get_adapter`). Every argument is validated and
+every object built *before* the pipeline is touched, so a bad argument leaves it unchanged; the returned
 :class:`OptimizeHandle` logs and reports what is active and ``disable()`` restores the pipeline exactly (the
 same scheduler object, the same attention processors, no hooks left).
 """
@@ -35,7 +35,9 @@ def _scheduler_factories(config: Any) -> dict[str, Callable[[], Any]]:
     """The string shortcuts for the family of ``config`` (:data:`fastsample.solvers.presets.PRESETS`), each
     built with ``from_config`` from ``config``."""
     family = family_of(config)
-    return {p.shortcut: functools.partial(p.build, config) for p in PRESETS if p.shortcut and p.family == family}
+    return {
+        p.shortcut: functools.partial(p.build, config) for p in PRESETS if p.shortcut and p.family == family
+    }
 
 
 def _build_scheduler(spec: Any, pipe: Any) -> Any:

@@ -23,7 +23,13 @@ LAYERS: list[tuple[str, bool, tuple[str, ...]]] = [
     (
         "capabilities",
         True,
-        ("fastsample.pipelines", "fastsample.solvers", "fastsample.guidance", "fastsample.cache", "fastsample.kernels"),
+        (
+            "fastsample.pipelines",
+            "fastsample.solvers",
+            "fastsample.guidance",
+            "fastsample.cache",
+            "fastsample.kernels",
+        ),
     ),
     ("models", True, ("fastsample.zoo", "fastsample.testing")),
     ("evaluation and training", True, ("fastsample.eval", "fastsample.training")),
@@ -137,9 +143,13 @@ def layer_violations(graph: dict[str, set[str]]) -> list[str]:
         for target in sorted(targets):
             target_layer, target_entry = layer_of(target)
             if target_layer > source_layer:
-                out.append(f"{source} ({LAYERS[source_layer][0]}) imports {target} ({LAYERS[target_layer][0]})")
+                out.append(
+                    f"{source} ({LAYERS[source_layer][0]}) imports {target} ({LAYERS[target_layer][0]})"
+                )
             elif target_layer == source_layer and LAYERS[source_layer][1] and target_entry != source_entry:
-                out.append(f"{source} imports its sibling {target} ({LAYERS[source_layer][0]} are independent)")
+                out.append(
+                    f"{source} imports its sibling {target} ({LAYERS[source_layer][0]} are independent)"
+                )
     return out
 
 

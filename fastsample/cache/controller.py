@@ -20,8 +20,9 @@ import torch
 
 from fastsample.cache.buffers import CacheSlot
 from fastsample.cache.policies import CachePolicy, NoCache
-from fastsample.cache.stats import CacheStats, flop_counter
+from fastsample.cache.stats import CacheStats
 from fastsample.cache.units import CacheSite
+from fastsample.integration.measure import MacCounter
 
 logger = logging.getLogger(__name__)
 
@@ -100,14 +101,14 @@ class CacheController:
         self.soft_refresh: list[bool] = []
         self._counter: Any = None
         self.call_args: dict[str, Any] | None = None
-        self._site_flops = np.zeros(len(self.sites))
+        self._site_macs = np.zeros(len(self.sites))
 
     # ------------------------------------------------------------------ lifecycle
     def reset(self, call_args: dict[str, Any] | None = None) -> None:
         """Forget every step and cached tensor (buffers are kept for reuse); starts a new sampling run.
 
-        ``call_args``: the pipeline call's bound arguments (:func:`fastsample.integration.call_scope.on_call`),
-        handed to the policy's ``check_call``."""
+        ``call_args``: the pipeline call's bound arguments
+        (:func:`fastsample.integration.call_scope.on_call`), handed to the policy's ``check_call``."""
         if self.active is not None:
             raise RuntimeError("cannot reset the cache in the middle of a denoiser forward.")
         self.call_args = call_args
@@ -161,23 +162,23 @@ class CacheController:
     def run_profiled(self, forward: Callable[..., Any], args: tuple, kwargs: dict, profile: bool) -> Any:
         if not profile:
             return forward(*args, **kwargs)
-        self._site_flops = np.zeros(len(self.sites))
-        with flop_counter() as counter:
+        self._site_macs = np.zeros(len(self.sites))
+        with MacCounter() as counter:
             self._counter = counter
             try:
                 out = forward(*args, **kwargs)
             finally:
                 self._counter = None
-        self.profiles[self.active.signature] = (counter.get_total_flops() / 2, self._site_flops / 2)
+        self.profiles[self.active.signature] = (float(counter.total_macs), self._site_macs)
         return out
 
     def _call_site(self, index: int, forward: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
-        """Run a site's forward, attributing its FLOPs to it while profiling."""
+        """Run a site's forward, attributing its MACs to it while profiling."""
         if self._counter is None:
             return forward(*args, **kwargs)
-        before = self._counter.get_total_flops()
+        before = self._counter.total_macs
         out = forward(*args, **kwargs)
-        self._site_flops[index] += self._counter.get_total_flops() - before
+        self._site_macs[index] += self._counter.total_macs - before
         return out
 
     # ------------------------------------------------------------------ sites

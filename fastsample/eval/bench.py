@@ -35,8 +35,7 @@ import platform
 import shlex
 import statistics
 import sys
-import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -44,6 +43,7 @@ from typing import Any
 import torch
 
 from fastsample.guidance.methods import METHODS as GUIDANCE_METHODS
+from fastsample.integration.measure import NFECounter, Stopwatch
 from fastsample.solvers.presets import BASELINE_SHORTCUTS, SHORTCUTS
 from fastsample.solvers.presets import build as build_preset
 
@@ -157,32 +157,11 @@ def applied(recipe: Recipe, pipe: Any, base_config: Any) -> Iterator[Any]:
         yield handle.guidance, handle.cache
 
 
-class _SampleCounter:
-    """Forward pre-hook on the denoiser: calls and input samples of each pipeline call."""
-
-    def __init__(self, module: torch.nn.Module) -> None:
-        self.calls = 0
-        self.samples = 0
-        self._handle = module.register_forward_pre_hook(self._hook, with_kwargs=True)
-
-    def _hook(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
-        hidden = args[0] if args else kwargs["hidden_states"]
-        self.calls += 1
-        self.samples += int(hidden.shape[0])
-
-    def remove(self) -> None:
-        self._handle.remove()
-
-
 def _timed_call(pipe: Any, device: torch.device, **kwargs: Any) -> tuple[torch.Tensor, float]:
-    """``pipe(**kwargs)`` with a wall clock around it (CUDA synchronised before and after)."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    start = time.perf_counter()
-    images = pipe(**kwargs).images
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return images, time.perf_counter() - start
+    """``pipe(**kwargs)`` timed by the one clock (:class:`fastsample.integration.measure.Stopwatch`)."""
+    with Stopwatch(device) as watch:
+        images = pipe(**kwargs).images
+    return images, watch.seconds
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -300,7 +279,7 @@ def run_bench(settings: BenchSettings, command: str = "") -> dict[str, Any]:
             "fastsample bench writes a plot with matplotlib: install the `bench` extra "
             "(pip install 'fastsample[bench]')."
         )
-    wall_start = time.perf_counter()
+    wall = Stopwatch().start()  # the whole run
     baseline = settings.recipes[0].name  # ratios are taken against the first recipe
     device = torch.device(settings.device)
     pipe, weights = load_pipeline(settings)
@@ -332,7 +311,7 @@ def run_bench(settings: BenchSettings, command: str = "") -> dict[str, Any]:
 
     def sample(recipe: Recipe, batch_labels: torch.Tensor, batch_noise: torch.Tensor) -> tuple[Any, ...]:
         with applied(recipe, pipe, base_config) as (guidance, cache):
-            counter = _SampleCounter(pipe.transformer)
+            counter = NFECounter(pipe.transformer)
             try:
                 out, seconds = _timed_call(
                     pipe,
@@ -348,7 +327,7 @@ def run_bench(settings: BenchSettings, command: str = "") -> dict[str, Any]:
                 counter.remove()
             evaluated = guidance.last_stats["model_samples"] if guidance is not None else counter.samples
             hit = cache.stats().hit_ratio if cache is not None else None
-        return out.float().cpu(), seconds, counter.calls, evaluated, hit
+        return out.float().cpu(), seconds, counter.count, evaluated, hit
 
     total = len(settings.recipes) * (len(batches) + 1)
     with tqdm(total=total, desc="bench", unit="batch") as bar:
@@ -421,7 +400,7 @@ def run_bench(settings: BenchSettings, command: str = "") -> dict[str, Any]:
     }
     results = _write(settings, rows, setup, verdict)
     results["batch_latencies_s"] = times
-    results["wall_time_s"] = time.perf_counter() - wall_start
+    results["wall_time_s"] = wall.elapsed()
     (settings.out / "results.json").write_text(json.dumps(results, indent=2, default=str))
     report = settings.out / "report.md"
     report.write_text(report.read_text() + f"\nWall time of the whole run: {results['wall_time_s']:.0f} s.\n")

@@ -274,8 +274,8 @@ def get_adapter(pipe: Any) -> PipelineAdapter:
 
 
 def pipeline_signature(pipe: Any) -> dict[str, Any]:
-    """What a fit to one pipeline (LinearAG coefficients) is valid for: the denoiser (class, name, config and a weight fingerprint), the
-    scheduler (class and config) and the number of scheduler timesteps."""
+    """What a fit to one pipeline (LinearAG coefficients) is valid for: the denoiser (class, name, config
+    and a weight fingerprint), the scheduler (class and config) and the number of scheduler timesteps."""
     denoiser = resolve_denoiser(pipe, "pipeline_signature", require_adapter=True)
     params = list(denoiser.parameters())
     digest = hashlib.sha1(json.dumps(dict(denoiser.config), sort_keys=True, default=str).encode())

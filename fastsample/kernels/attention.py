@@ -493,8 +493,8 @@ def set_attention(
     stacked = [name for name, m in modules if getattr(m.processor, "_fastsample_attention", False)]
     if stacked:
         raise ValueError(
-            f"set_attention: {stacked[0]} already runs a fastsample attention path; disable() the first handle "
-            "before choosing another backend."
+            f"set_attention: {stacked[0]} already runs a fastsample attention path; disable() the first "
+            "handle before choosing another backend."
         )
     if fused_prologue is not None and not isinstance(fused_prologue, bool):
         raise TypeError(f"fused_prologue must be None or a bool, got {type(fused_prologue).__name__}")

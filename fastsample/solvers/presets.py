@@ -104,7 +104,9 @@ PRESETS: tuple[Preset, ...] = (
     Preset("DPM++2M + HB 0.8", "vp", "MomentumDPMSolverMultistepScheduler", {"momentum": 0.8}, "dpm++2m-hb"),
     Preset("GHVB 1.8 Karras", "vp", "GHVBScheduler", {"ghvb_order": 1.8, **_KARRAS, **_ZERO}, "ghvb"),
     Preset("GHVB 2 Karras", "vp", "GHVBScheduler", {"ghvb_order": 2, **_KARRAS, **_ZERO}),
-    Preset("DPM++2M + HB 0.8 Karras", "vp", "MomentumDPMSolverMultistepScheduler", {"momentum": 0.8, **_KARRAS}),
+    Preset(
+        "DPM++2M + HB 0.8 Karras", "vp", "MomentumDPMSolverMultistepScheduler", {"momentum": 0.8, **_KARRAS}
+    ),
     # fastsample's recommended configurations, flow matching
     Preset("GHVB 1.5 (flow)", "flow", "GHVBScheduler", {"ghvb_order": 1.5}),
     Preset("GHVB 2.5 (flow)", "flow", "GHVBScheduler", {"ghvb_order": 2.5}),
