@@ -137,7 +137,6 @@ class CacheHandle(Handle):
             )
 
 
-
 def enable_cache(
     pipe_or_model: Any,
     method: str | CachePolicy = "fora",

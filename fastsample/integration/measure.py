@@ -143,8 +143,8 @@ class Clock:
 
 
 class Stopwatch:
-    """``with Stopwatch(device) as watch: ...`` (or ``watch = Stopwatch().start()`` ... ``watch.stop()``), then
-    ``watch.seconds`` (the :class:`Clock` of ``device``) and ``watch.cpu_seconds`` (process CPU time); a
+    """``with Stopwatch(device) as watch: ...`` (or ``watch = Stopwatch().start()`` ... ``watch.stop()``),
+    then ``watch.seconds`` (the :class:`Clock` of ``device``) and ``watch.cpu_seconds`` (process CPU time); a
     running watch reads the time so far with ``elapsed()``."""
 
     def __init__(self, device: torch.device | str | None = None) -> None:

@@ -428,7 +428,7 @@ class AttentionHandle(Handle):
 
     def describe(self) -> str:
         if not self.active:
-            return f"attention on {type(self.model).__name__}: default (disabled)"
+            return f"attention on {type(self.model).__name__}: default (reset)"
         what = self.backend + (f"[{','.join(self.kernels)}]" if self.kernels else "")
         parts = ", ".join(f"{n} {k}" for k, n in sorted(self.counts.items()))
         return f"attention on {type(self.model).__name__}: {what} ({parts})"

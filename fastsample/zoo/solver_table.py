@@ -29,6 +29,7 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from fastsample.integration.measure import Stopwatch
 from fastsample.solvers.presets import SolverEntry
 from fastsample.zoo.gmm import GaussianMixture
 from fastsample.zoo.oracle import LABEL_MODES, OracleMetrics, OracleProblem, ReferenceCache, evaluate
@@ -189,7 +190,6 @@ def run_solver_table(
     ``mixture`` defaults to ``GaussianMixture.random(seed=mixture_seed)`` (d=8, K=5, std 0.15); the
     noise and labels (``labels``: "uniform" over classes or drawn from the "prior" p(y)) come from ``seed``.
     """
-    import time
 
     from tqdm.auto import tqdm
 
@@ -208,7 +208,7 @@ def run_solver_table(
     cache = ReferenceCache(problem)
     jobs = [(e, int(n), float(w)) for e in entries for w in guidance_scales for n in nfe_values]
     cells = []
-    start = time.perf_counter()
+    watch = Stopwatch().start()
     for entry, nfe, w in tqdm(jobs, desc="solver table", unit="cell", disable=not progress):
         scheduler = entry.make(dict(BASE_CONFIGS[entry.family]))
         try:
@@ -230,7 +230,7 @@ def run_solver_table(
         mixture_seed,
         labels,
         num_references=len(cache.solutions),
-        elapsed_s=time.perf_counter() - start,
+        elapsed_s=watch.elapsed(),
     )
 
 
