@@ -137,6 +137,16 @@ class CacheHandle(Handle):
             )
 
 
+def check_no_cache(model: torch.nn.Module) -> None:
+    """A ``ValueError`` when ``model`` already has a fastsample or a diffusers cache."""
+    if has_fastsample_cache(model):
+        raise ValueError("this model already has a fastsample cache enabled; disable() it first.")
+    if getattr(model, "is_cache_enabled", False):
+        raise ValueError(
+            "this model has a diffusers cache enabled (model.enable_cache); call disable_cache() first."
+        )
+
+
 def enable_cache(
     pipe_or_model: Any,
     method: str | CachePolicy = "fora",
@@ -172,20 +182,31 @@ def enable_cache(
     if not isinstance(profile_macs, bool):
         raise TypeError(f"profile_macs must be a bool, got {type(profile_macs).__name__}.")
     pipe, model = _resolve(pipe_or_model)
-    if has_fastsample_cache(model):
-        raise ValueError("this model already has a fastsample cache enabled; disable() it first.")
-    if getattr(model, "is_cache_enabled", False):
-        raise ValueError(
-            "this model has a diffusers cache enabled (model.enable_cache); call disable_cache() first."
-        )
+    check_no_cache(model)
     policy = make_policy(method, **knobs)
     sites = find_sites(model, policy.level)
     policy.bind(model, sites)
-
     controller = CacheController(model, sites, policy, pipe=pipe, profile_macs=profile_macs)
+    handle = attach_controller(controller, compile_options)
+    logger.info(
+        "fastsample cache enabled: %s on %d %s-level sites of %s",
+        policy.describe(),
+        len(sites),
+        policy.level,
+        type(model).__name__,
+    )
+    return handle
+
+
+def attach_controller(controller: CacheController, compile_options: dict | None = None) -> CacheHandle:
+    """Hook ``controller.model``'s sites and forward to ``controller`` (and, with ``controller.pipe``, reset
+    it at the start of every pipeline call); the returned handle undoes it. :func:`enable_cache` builds the
+    inference controller; router training attaches its own
+    (:class:`fastsample.cache.router_training.RouterTrainingController`)."""
+    model, policy, pipe = controller.model, controller.policy, controller.pipe
     hooked = HookedModules()
     try:
-        for i, site in enumerate(sites):
+        for i, site in enumerate(controller.sites):
             if policy.level == "unit":
                 hook = UnitHook(controller, i, compile_options)
             else:
@@ -199,11 +220,4 @@ def enable_cache(
     handle = CacheHandle(controller, hooked, model, pipe)
     if pipe is not None:
         on_call(pipe, CALL_KEY, controller.reset, handle._end_call, with_arguments=True)
-    logger.info(
-        "fastsample cache enabled: %s on %d %s-level sites of %s",
-        policy.describe(),
-        len(sites),
-        policy.level,
-        type(model).__name__,
-    )
     return handle

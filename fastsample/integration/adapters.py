@@ -110,6 +110,20 @@ class PipelineAdapter:
         scale = self.guidance_scale(pipe, call_args)
         return scale is not None and scale > 1.0
 
+    def cfg_stack(self, cond: torch.Tensor, uncond: torch.Tensor) -> torch.Tensor:
+        """The one batched CFG input of this layout: ``[cond; uncond]`` (``cond_first``) or
+        ``[uncond; cond]`` (``uncond_first``)."""
+        if self.cfg_layout == "separate_calls":
+            raise ValueError(f"{self.pipeline} runs cond and uncond as separate calls, not one batch.")
+        return torch.cat([cond, uncond] if self.cfg_layout == "cond_first" else [uncond, cond])
+
+    def cfg_halves(self, out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(cond, uncond) halves of a batched CFG output (the inverse of :meth:`cfg_stack`)."""
+        if self.cfg_layout == "separate_calls":
+            raise ValueError(f"{self.pipeline} runs cond and uncond as separate calls, not one batch.")
+        first, second = out.chunk(2)
+        return (first, second) if self.cfg_layout == "cond_first" else (second, first)
+
     # ------------------------------------------------------------------ noise-level facts
     def alpha_sigma(self, pipe: Any, timestep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(α, σ) of x_t = α x0 + σ ε for the timestep the denoiser receives (per sample, float64).
