@@ -128,9 +128,7 @@ class CacheController:
         self.active, self.flags = state, flags
         state.signature = _signature(args, kwargs)
         want_profile = (
-            self.profile_macs
-            and state.signature not in self.profiles
-            and all(f is True for f in flags)
+            self.profile_macs and state.signature not in self.profiles and all(f is True for f in flags)
         )
         self.profiling = want_profile
         return want_profile

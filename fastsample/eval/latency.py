@@ -1,7 +1,7 @@
 """Latency, peak memory, NFE and MACs of diffusion sampling, measured the way acceleration papers report them.
 
-Protocol (training_eval.md §7): warm-up runs at the exact shapes first, then ≥ 10 timed runs; report the
-median and the 90th percentile.
+Protocol (docs/design/evaluation.md#timing): warm-up runs at the exact shapes first, then ≥ 10 timed runs;
+report the median and the 90th percentile.
 
 * **GPU**: CUDA events recorded around each run, with ``torch.cuda.synchronize`` before the start event and
   after the end event; peak memory is ``torch.cuda.max_memory_allocated`` after

@@ -1,9 +1,9 @@
 """Apply a guidance method to a classic diffusers pipeline through a call-scoped hook on its denoiser.
 
-The hook (a diffusers ``ModelHook`` with ``new_forward``, guidance.md §3 "Option A") sees the denoiser's
-batched CFG forward, splits the output into the conditional and unconditional halves (order from the adapter
-table), computes the guided prediction g with the method and writes it back so that the pipeline's own
-``u + w (c − u)`` yields g:
+The hook (a diffusers ``ModelHook`` with ``new_forward``, docs/design/guidance.md#the-guidance-hook) sees the
+denoiser's batched CFG forward, splits the output into the conditional and unconditional halves (order from
+the adapter table), computes the guided prediction g with the method and writes it back so that the pipeline's
+own ``u + w (c − u)`` yields g:
 
 - ``write_back="both"`` (A1, default for batched pipelines): both halves = g. Exact for any w.
 - ``write_back="keep_cond"`` (A2, always used for Flux's separate calls): keep c and set

@@ -9,8 +9,8 @@ On a selected step i the unconditional prediction is estimated as
 step is guided with û_i, so the model runs on the conditional half only. The coefficients are fitted per step
 on calibration runs of full CFG (every element of every sample is one least-squares row; only the 4×4 normal
 equations are accumulated, so calibration needs no memory for trajectories). The exact feature set and step
-pattern of the paper are not verified (guidance.md §1.1); this is fastsample's reading: by default every
-second step of the first half is estimated.
+pattern of the paper are not verified (docs/design/guidance.md#adaptive-guidance-and-linearag); this is
+fastsample's reading: by default every second step of the first half is estimated.
 
 The fitted :class:`LinearAGCoefficients` name the model, scheduler and step count they were fitted for and
 refuse to run on anything else.

@@ -1,7 +1,7 @@
 """The one table of per-pipeline facts that guidance and caching both need.
 
 Every capability that hooks a pipeline's denoiser asks :func:`get_adapter` for the facts below instead of
-hard-coding them (architecture.md, "One table of pipeline facts"; guidance.md §2.1 and §3):
+hard-coding them (docs/design/architecture.md#adapters, docs/design/guidance.md#pipeline-layouts):
 
 - ``denoiser_attr``: the pipeline attribute holding the denoiser (``"unet"`` or ``"transformer"``).
 - ``cfg_layout``: how the two classifier-free-guidance passes reach the denoiser:

@@ -1,8 +1,8 @@
 """The one multistep core behind every fastsample scheduler: grid, slope conversion, history, update.
 
-Coordinates (solvers.md §0). A VP model sees x = α·x0 + σ·ε. In x̄ = x/α and σ̄ = σ/α the probability-flow
-ODE is dx̄/dσ̄ = ε̂ and DDIM is one Euler step. A flow-matching model sees x = (1−s)·x0 + s·ε and the ODE is
-dx/ds = v̂ = ε̂ − x̂0. The core integrates y' = f(τ) in one of two spaces:
+Coordinates (docs/design/solvers.md#coordinates). A VP model sees x = α·x0 + σ·ε. In x̄ = x/α and σ̄ = σ/α the
+probability-flow ODE is dx̄/dσ̄ = ε̂ and DDIM is one Euler step. A flow-matching model sees x = (1−s)·x0 + s·ε
+and the ODE is dx/ds = v̂ = ε̂ − x̂0. The core integrates y' = f(τ) in one of two spaces:
 
 - ``"sigma_bar"`` (VP): τ = σ̄, y = x/α, slope f = ε̂;
 - ``"flow"``: τ = σ/(α+σ), y = x/(α+σ), slope f = ε̂ − x̂0. For flow models α+σ = 1, so this is (s, x, v̂).
