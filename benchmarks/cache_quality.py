@@ -38,10 +38,11 @@ import math
 import platform
 import shlex
 import sys
-import time
 from pathlib import Path
 
 import torch
+
+from fastsample.integration.measure import NFECounter, Stopwatch
 
 logger = logging.getLogger("cache_quality")
 
@@ -77,9 +78,9 @@ def train(args: argparse.Namespace) -> int:
             seed=args.seed,
             init_interval=args.init_interval,
         )
-        start = time.perf_counter()
+        watch = Stopwatch().start()
         artifact, history = train_router(pipe, config, progress=not args.quiet)
-        seconds = time.perf_counter() - start
+        seconds = watch.stop()
         artifact.training["wall_s"] = seconds
         path = artifact.save_pretrained(out / (f"beta-{beta:g}" + (f"-{args.tag}" if args.tag else "")))
         mask = artifact.mask()
@@ -181,14 +182,11 @@ class ComputeCounter:
         self.attn_macs, self.ff_macs = unit_macs[0::2], unit_macs[1::2]
         blocks = model.transformer_blocks
         self.counts = {key: [0] * len(blocks) for key in ("block", "attn", "ff")}
-        self.forwards = 0
-        self.handles = [model.register_forward_pre_hook(self._count_forward)]
+        self.nfe = NFECounter(model)
+        self.handles = [self.nfe]
         for i, block in enumerate(blocks):
             for key, module in (("block", block.norm1), ("attn", block.attn1.to_q), ("ff", block.ff.net[0])):
                 self.handles.append(module.register_forward_pre_hook(self._counter(key, i)))
-
-    def _count_forward(self, module, args) -> None:
-        self.forwards += 1
 
     def _counter(self, key: str, index: int):
         def hook(module, args) -> None:
@@ -203,9 +201,10 @@ class ComputeCounter:
         block, attn, ff = (np.asarray(self.counts[k], dtype=float) for k in ("block", "attn", "ff"))
         outside = self.total - self.block_macs.sum()  # patch embedding, final layer, timestep/label embedding
         rest = self.block_macs - self.attn_macs - self.ff_macs  # adaLN modulation of each block
-        spent = self.forwards * outside + (block * rest + attn * self.attn_macs + ff * self.ff_macs).sum()
-        fraction = spent / (self.forwards * self.total) if self.forwards else math.nan
-        self.forwards = 0
+        forwards = self.nfe.count
+        spent = forwards * outside + (block * rest + attn * self.attn_macs + ff * self.ff_macs).sum()
+        fraction = spent / (forwards * self.total) if forwards else math.nan
+        self.nfe.reset()
         for key in self.counts:
             self.counts[key] = [0] * len(self.counts[key])
         return float(fraction)
@@ -437,7 +436,7 @@ def run(args: argparse.Namespace) -> int:
     from fastsample.zoo.data import generate_batch
     from fastsample.zoo.default import classify, load_feature_net
 
-    wall = time.perf_counter()
+    wall = Stopwatch().start()
     out = Path(args.out)
     pipe = _pipe()
     model = pipe.transformer
@@ -626,7 +625,7 @@ def run(args: argparse.Namespace) -> int:
         "batch_times_s": times,
     }
     results["matched"] = matched(table)
-    results["wall_s"] = time.perf_counter() - wall
+    results["wall_s"] = wall.elapsed()
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
     (out / "report.md").write_text(markdown(results))

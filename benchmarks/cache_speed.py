@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import platform
 import sys
-import time
 from collections.abc import Callable
 
 import numpy as np
@@ -38,6 +37,7 @@ import torch
 
 from fastsample.cache import enable_cache, find_units
 from fastsample.cache.measure import SpeedupReport, measure_speedup
+from fastsample.integration.measure import Stopwatch
 
 MODELS = {
     "dit-xl2-256": (
@@ -94,10 +94,11 @@ def make_run(
     def run() -> torch.Tensor:
         x = x0
         for t in timesteps:
-            start, start_cpu = time.perf_counter(), time.process_time()
+            watch = Stopwatch(x0.device).start()  # wall (the device clock) and process CPU time
             out = model(x, timestep=t.expand(x.shape[0]), **cond).sample
             if times is not None:
-                times.append((time.perf_counter() - start, time.process_time() - start_cpu))
+                watch.stop()
+                times.append((watch.seconds, watch.cpu_seconds))
             x = x - 0.01 * out[:, : c.in_channels]
         return x
 
@@ -215,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
         "| uncached s | cached s |" + (" other clock; per-forward s, uncached / cached |" if lean else "")
     )
     print("|---|---|---|---|---|---|---|---|---|" + ("---|" if lean else ""))
-    start = time.time()
+    total = Stopwatch().start()
     for name in args.models:
         model, family = build(name)
         rows = schedules([u.kind for u in find_units(model)], args.steps)
@@ -226,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
         for label, method, knobs in rows:
             report = measure_speedup(run, model, method, repeats=args.repeats, warmup=1, **knobs)
             print_row(name, label, report)
-    print(f"# total benchmark time {time.time() - start:.0f} s")
+    print(f"# total benchmark time {total.elapsed():.0f} s")
     return 0
 
 

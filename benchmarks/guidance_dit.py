@@ -25,11 +25,12 @@ import logging
 import math
 import shlex
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from fastsample.integration.measure import Stopwatch
 
 logger = logging.getLogger("guidance_dit")
 
@@ -196,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     yard: list[dict[str, Any]] = []
     results_path = out_dir / "results.json"
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
-    wall = time.perf_counter()
+    wall = Stopwatch().start()
 
     def save() -> None:
         payload = {
@@ -210,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
             "real_saturation": mean_saturation((real + 1) / 2),
             "rows": rows,
             "yardstick": yard,
-            "wall_s": time.perf_counter() - wall,
+            "wall_s": wall.elapsed(),
         }
         results_path.write_text(json.dumps(payload, indent=2))
 
@@ -279,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
             add(1.0, "no guidance (w=1)", x, evals, cfg, note=f"dist to CFG w={w}")
     save()
     (out_dir / "report.md").write_text(render(json.loads(results_path.read_text())))
-    logger.info("done in %.0f s; %s", time.perf_counter() - wall, results_path)
+    logger.info("done in %.0f s; %s", wall.elapsed(), results_path)
     return 0
 
 

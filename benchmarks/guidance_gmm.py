@@ -27,7 +27,6 @@ import argparse
 import math
 import platform
 import sys
-import time
 
 import diffusers
 import numpy as np
@@ -45,6 +44,7 @@ from fastsample.guidance import (
     GuidanceContext,
 )
 from fastsample.guidance.hook import next_alpha_sigma
+from fastsample.integration.measure import Stopwatch
 from fastsample.zoo.gmm import GaussianMixture
 from fastsample.zoo.oracle import OracleProblem, ReferenceCache, compare, run_scheduler
 
@@ -158,7 +158,7 @@ def main(argv=None) -> int:
     lo, hi = np.quantile(data_np, 0.005, axis=0), np.quantile(data_np, 0.995, axis=0)
     data_norm = float(data.norm(dim=1).mean())
     rows = []
-    start = time.time()
+    watch = Stopwatch().start()
     for w in SCALES:
         ref, _ = sample(CFG(w), mixture, noise, labels, args.steps, w)
         for name, method in methods(w).items():
@@ -187,7 +187,7 @@ def main(argv=None) -> int:
             "fd": frechet(x.numpy(), data_np), "norm": float(x.norm(dim=1).mean()) / data_norm,
             "out": float(((x.numpy() < lo) | (x.numpy() > hi)).mean()),
         })  # fmt: skip
-    elapsed = time.time() - start
+    elapsed = watch.elapsed()
     lines = [
         f"Gaussian mixture d={args.dim}, 8 components / 4 classes, means ~ N(0, {args.mean_scale:g}²), "
         f"std 0.5, {args.samples} samples, DDIM "

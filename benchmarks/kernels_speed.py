@@ -24,10 +24,11 @@ import argparse
 import copy
 import platform
 import sys
-import time
 
 import torch
 from cache_speed import MODELS, build  # the released configs, one copy (benchmarks/ is on sys.path)
+
+from fastsample.integration.measure import Stopwatch
 
 
 def configs(family: str, cuda: bool) -> list[tuple[str, dict]]:
@@ -248,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     given = " ".join(argv if argv is not None else sys.argv[1:])
     print(f"# command: python benchmarks/kernels_speed.py {given}")
-    start = time.time()
+    total = Stopwatch().start()
     if cuda and not args.no_ops:
         print("\n| shapes | op | compile | reference µs | triton µs | speed-up |\n|---|---|---|---|---|---|")
         for c in compiles:
@@ -322,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
                     for h in handles:
                         h.disable()
                     del cand, a, b
-    print(f"# total benchmark time {time.time() - start:.0f} s")
+    print(f"# total benchmark time {total.elapsed():.0f} s")
     return 0
 
 

@@ -16,12 +16,12 @@ import argparse
 import platform
 import random
 import statistics
-import time
 
 import diffusers
 import torch
 import torch.utils.benchmark as benchmark
 
+from fastsample.integration.measure import Stopwatch
 from fastsample.solvers import (
     GHVBScheduler,
     HeavyBallScheduler,
@@ -142,9 +142,9 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default="benchmarks/results/scheduler_overhead.md")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    start = time.time()
+    watch = Stopwatch().start()
     rows = measure(args.steps, args.rounds, args.device)
-    text = render(rows, args, time.time() - start)
+    text = render(rows, args, watch.elapsed())
     print(text)
     if args.out:
         with open(args.out, "w", encoding="utf-8") as fh:

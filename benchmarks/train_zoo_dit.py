@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
 
 import torch
+
+from fastsample.integration.measure import Stopwatch
 
 
 def build_pipeline(weights: Path):
@@ -56,7 +57,7 @@ def main() -> None:
         metadata = handle.metadata() or {}
     pipe = build_pipeline(args.weights)
     labels = list(range(NUM_CLASSES))
-    start = time.perf_counter()
+    watch = Stopwatch().start()
     images = pipe(
         class_labels=labels,
         num_images_per_label=args.per_class,
@@ -65,7 +66,7 @@ def main() -> None:
         generator=torch.Generator().manual_seed(args.seed),
         output_type="pt",
     ).images
-    seconds = time.perf_counter() - start
+    seconds = watch.stop()
     truth = torch.tensor(labels).repeat_interleave(args.per_class)
     predicted = classify(images, load_feature_net())
     correct = predicted == truth

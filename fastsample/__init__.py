@@ -7,7 +7,7 @@ first use, so ``import fastsample`` stays cheap::
     import fastsample as fs
 
     pipe.scheduler = fs.GHVBScheduler.from_config(pipe.scheduler.config, ghvb_order=2.5)
-    with fs.guide(pipe, fs.APG()):
+    with fs.enable_guidance(pipe, fs.APG()):
         image = pipe(prompt).images[0]
     handle = fs.enable_cache(pipe, "fora", interval=2)
 """
@@ -46,9 +46,9 @@ _LAZY_EXPORTS: dict[str, str] = {
     # eval
     "frechet_distance": "fastsample.eval",
     # pipelines and defaults
-    "optimize": "fastsample.pipelines.optimize",
+    "optimize": "fastsample.optimize",
     "PixelDiTPipeline": "fastsample.pipelines.pixel_dit",
-    "get_adapter": "fastsample.pipelines.adapters",
+    "get_adapter": "fastsample.integration.adapters",
     "load_default_pipeline": "fastsample.zoo.default",
     "load_feature_net": "fastsample.zoo.default",
 }

@@ -19,8 +19,8 @@ import torch.nn.functional as F
 
 from fastsample.cache import enable_cache
 from fastsample.guidance import APG, CFG, CFGPlusPlus, CFGZeroStar, enable_guidance
+from fastsample.integration.adapters import get_adapter
 from fastsample.kernels import set_attention
-from fastsample.pipelines.adapters import get_adapter
 from fastsample.testing import call_kwargs, tiny_pipeline
 
 NAMES = ("dit", "pixart", "sd", "sd3", "flux")
@@ -29,10 +29,9 @@ GUIDANCE_LOGGER = "fastsample.guidance.hook"
 
 
 def _optimize(*args, **kwargs):
-    import fastsample
+    from fastsample.optimize import optimize
 
-    optimize = fastsample.optimize  # the function (a module of that name may hold it: issue 15 moves it)
-    return (optimize if callable(optimize) else optimize.optimize)(*args, **kwargs)
+    return optimize(*args, **kwargs)
 
 
 def _run(pipe, name, **overrides):
@@ -272,7 +271,7 @@ def test_undo_is_bitwise_exact(name, capability):
     before = _snapshot(pipe)
     handle = _optimize(pipe, **recipe)
     changed = _run(pipe, name)
-    handle.undo()
+    handle.disable()
     _assert_same_snapshot(before, _snapshot(pipe))
     np.testing.assert_array_equal(_run(pipe, name), baseline)
     assert np.isfinite(changed).all()

@@ -1,10 +1,10 @@
 """``enable_cache(pipe_or_model, method, **knobs)``: the one-line entry point, and the handle it returns.
 
 With a pipeline, the denoiser and its CFG layout come from the project's adapter table
-(:func:`fastsample.pipelines.adapters.get_adapter`) and the cache state is reset at the start of every
-``pipe(...)`` call (:func:`fastsample.pipelines.call_scope.on_call`); the denoiser is cached only inside
+(:func:`fastsample.integration.adapters.get_adapter`) and the cache state is reset at the start of every
+``pipe(...)`` call (:func:`fastsample.integration.call_scope.on_call`); the denoiser is cached only inside
 that pipeline's calls (another pipeline sharing it, or a direct call, runs it uncached). With a bare
-transformer nothing knows where a sampling run starts: call ``handle.reset()`` before each run.
+transformer nothing knows where a sampling run starts: call ``handle.new_run()`` before each run.
 """
 
 from __future__ import annotations
@@ -16,39 +16,30 @@ from typing import Any
 import torch
 
 from fastsample.cache.controller import CacheController
-from fastsample.cache.hooks import (
-    SITE_HOOK,
-    STEP_HOOK,
-    BlockHook,
-    HookedModules,
-    StepHook,
-    UnitHook,
-    has_fastsample_cache,
-    invalidate_registry_cache,
-)
+from fastsample.cache.hooks import SITE_HOOK, STEP_HOOK, BlockHook, StepHook, UnitHook, has_fastsample_cache
 from fastsample.cache.policies import FORA, CachePolicy, DynamicThreshold, NoCache, StaticSchedule
+from fastsample.cache.router import HarmoniCaPolicy
 from fastsample.cache.stats import CacheStats
 from fastsample.cache.units import find_sites
-from fastsample.pipelines.call_scope import on_call, remove_call_hook
+from fastsample.integration.adapters import get_adapter, resolve_denoiser
+from fastsample.integration.call_scope import on_call, remove_call_hook
+from fastsample.integration.handles import Handle, deprecated_alias
+from fastsample.integration.hooks import HookedModules, invalidate_registry_cache
 
 logger = logging.getLogger(__name__)
 
 CALL_KEY = "fastsample.cache"
 
 
-def _policy_classes() -> dict[str, type[CachePolicy]]:
-    from fastsample.cache.router import HarmoniCaPolicy
-
-    return {
-        "none": NoCache,
-        "fora": FORA,
-        "dynamic": DynamicThreshold,
-        "harmonica": HarmoniCaPolicy,
-        "static": StaticSchedule,
-    }
-
-
-METHODS = ("none", "fora", "dynamic", "harmonica", "static")
+# The one name table of cache policies.
+POLICIES: dict[str, type[CachePolicy]] = {
+    "none": NoCache,
+    "fora": FORA,
+    "dynamic": DynamicThreshold,
+    "harmonica": HarmoniCaPolicy,
+    "static": StaticSchedule,
+}
+METHODS = tuple(POLICIES)
 
 
 def make_policy(method: str | CachePolicy, **knobs: Any) -> CachePolicy:
@@ -61,8 +52,7 @@ def make_policy(method: str | CachePolicy, **knobs: Any) -> CachePolicy:
         return method
     if not isinstance(method, str):
         raise TypeError(f"method must be one of {METHODS} or a CachePolicy, got {type(method).__name__}.")
-    classes = _policy_classes()
-    cls = classes.get(method.lower())
+    cls = POLICIES.get(method.lower())
     if cls is None:
         raise ValueError(f"unknown cache method {method!r}; choose one of {METHODS} or pass a CachePolicy.")
     allowed = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
@@ -79,20 +69,19 @@ def _resolve(target: Any) -> tuple[Any, torch.nn.Module]:
     if isinstance(target, torch.nn.Module):
         return None, target
     if hasattr(target, "components") and callable(target):
-        from fastsample.pipelines.adapters import get_adapter
-
         adapter = get_adapter(target)
         if adapter.cfg_layout == "separate_calls" and not adapter.opens_cache_context:
             raise ValueError(
                 f"{type(target).__name__} runs cond and uncond as separate calls without opening a "
                 "cache_context, so their caches cannot be kept apart; it is not supported."
             )
-        return target, adapter.denoiser(target)
+        return target, resolve_denoiser(target, "enable_cache", require_adapter=True)
     raise TypeError(f"enable_cache expects a diffusers pipeline or transformer, got {type(target).__name__}.")
 
 
-class CacheHandle:
-    """From ``enable_cache``: ``stats()``, ``summary()``, ``reset()``, ``disable()``; usable with ``with``."""
+class CacheHandle(Handle):
+    """From ``enable_cache``: ``stats()``, ``summary()``, ``new_run()``, and the :class:`Handle` verbs
+    ``disable()``, ``describe()``, ``active`` and ``with``."""
 
     def __init__(
         self, controller: CacheController, hooked: HookedModules, model: torch.nn.Module, pipe: Any
@@ -102,7 +91,7 @@ class CacheHandle:
         self.model = model
         self.pipe = pipe
         self.policy = controller.policy
-        self.enabled = True
+        self.active = True
 
     def stats(self) -> CacheStats:
         """Record of the current (or last) sampling run; warns when nothing was reused (bare models)."""
@@ -114,19 +103,27 @@ class CacheHandle:
         """One-line description of the last run (method, hit ratio, computed MACs, theoretical speed-up)."""
         return self._controller.stats().summary()
 
-    def reset(self) -> None:
+    def describe(self) -> str:
+        state = "enabled" if self.active else "disabled"
+        return f"{self.policy.describe()} on {type(self.model).__name__}, {state}"
+
+    def new_run(self) -> None:
         """Start a new sampling run: forget steps and cached features. Pipelines do this on every call."""
         self._controller.reset()
 
-    def disable(self) -> None:
+    reset = deprecated_alias("new_run", "reset")
+
+    @property
+    def enabled(self) -> bool:
+        """Former name of :attr:`active`."""
+        return self.active
+
+    def _undo(self) -> None:
         """Remove every hook; the model's modules, ``forward`` attributes and outputs are as before."""
-        if not self.enabled:
-            return
         self._hooked.remove_all()
         invalidate_registry_cache(self.model)
         if self.pipe is not None:
             remove_call_hook(self.pipe, CALL_KEY)
-        self.enabled = False
 
     def _end_call(self) -> None:
         self._controller.end_call()
@@ -140,15 +137,19 @@ class CacheHandle:
                 self.policy.describe(),
             )
 
-    def __enter__(self) -> CacheHandle:
-        return self
 
-    def __exit__(self, *exc: Any) -> None:
-        self.disable()
-
-    def __repr__(self) -> str:
-        state = "enabled" if self.enabled else "disabled"
-        return f"CacheHandle({self.policy.describe()} on {type(self.model).__name__}, {state})"
+def check_no_cache(model: torch.nn.Module) -> None:
+    """A ``ValueError`` when ``model`` already has a fastsample or a diffusers cache."""
+    if has_fastsample_cache(model):
+        raise ValueError(
+            "this model already has a fastsample cache enabled (possibly through another pipeline that "
+            "shares it, e.g. from_pipe); disable() that handle first, or give this pipeline its own copy of "
+            "the model."
+        )
+    if getattr(model, "is_cache_enabled", False):
+        raise ValueError(
+            "this model has a diffusers cache enabled (model.enable_cache); call disable_cache() first."
+        )
 
 
 def enable_cache(
@@ -164,7 +165,7 @@ def enable_cache(
     Args:
         pipe_or_model: a supported diffusers pipeline (DiT, PixArt, SD3, Flux, fastsample's PixelDiT) or a
             bare             ``DiTTransformer2DModel``/``PixArtTransformer2DModel``/``SD3Transformer2DModel``/
-            ``FluxTransformer2DModel``. With a bare model call ``handle.reset()`` before every sampling run.
+            ``FluxTransformer2DModel``. With a bare model call ``handle.new_run()`` before every sampling run.
         method: ``"fora"`` (knobs ``interval``, ``level``), ``"dynamic"`` (``threshold``, ``warmup_steps``,
             ``max_consecutive``), ``"harmonica"`` (``router``, ``threshold``), ``"static"`` (``mask``,
             ``level``), ``"none"``, or a :class:`~fastsample.cache.policies.CachePolicy` object.
@@ -186,24 +187,31 @@ def enable_cache(
     if not isinstance(profile_macs, bool):
         raise TypeError(f"profile_macs must be a bool, got {type(profile_macs).__name__}.")
     pipe, model = _resolve(pipe_or_model)
-    if has_fastsample_cache(model):
-        raise ValueError(
-            "this model already has a fastsample cache enabled (possibly through another pipeline that "
-            "shares it, e.g. from_pipe); disable() that handle first, or give this pipeline its own copy of "
-            "the model."
-        )
-    if getattr(model, "is_cache_enabled", False):
-        raise ValueError(
-            "this model has a diffusers cache enabled (model.enable_cache); call disable_cache() first."
-        )
+    check_no_cache(model)
     policy = make_policy(method, **knobs)
     sites = find_sites(model, policy.level)
     policy.bind(model, sites)
-
     controller = CacheController(model, sites, policy, pipe=pipe, profile_macs=profile_macs)
+    handle = attach_controller(controller, compile_options)
+    logger.info(
+        "fastsample cache enabled: %s on %d %s-level sites of %s",
+        policy.describe(),
+        len(sites),
+        policy.level,
+        type(model).__name__,
+    )
+    return handle
+
+
+def attach_controller(controller: CacheController, compile_options: dict | None = None) -> CacheHandle:
+    """Hook ``controller.model``'s sites and forward to ``controller`` (and, with ``controller.pipe``, reset
+    it at the start of every pipeline call); the returned handle undoes it. :func:`enable_cache` builds the
+    inference controller; router training attaches its own
+    (:class:`fastsample.cache.router_training.RouterTrainingController`)."""
+    model, policy, pipe = controller.model, controller.policy, controller.pipe
     hooked = HookedModules()
     try:
-        for i, site in enumerate(sites):
+        for i, site in enumerate(controller.sites):
             if policy.level == "unit":
                 hook = UnitHook(controller, i, compile_options)
             else:
@@ -217,11 +225,4 @@ def enable_cache(
     handle = CacheHandle(controller, hooked, model, pipe)
     if pipe is not None:
         on_call(pipe, CALL_KEY, controller.begin_call, handle._end_call, with_arguments=True)
-    logger.info(
-        "fastsample cache enabled: %s on %d %s-level sites of %s",
-        policy.describe(),
-        len(sites),
-        policy.level,
-        type(model).__name__,
-    )
     return handle

@@ -1,12 +1,11 @@
-"""The cache's state machine: step counting per CFG context, compute/reuse decisions, cached buffers, records.
+"""The cache's inference state machine: step counting per CFG context, compute/reuse decisions, cached
+buffers, records.
 
 One :class:`CacheController` serves one hooked denoiser. The denoiser-level hook calls
 :meth:`begin_forward` / :meth:`end_forward` around every forward; the site hooks call :meth:`run_unit` or
 :meth:`run_block`. Every decision is plain Python made outside the (optionally compiled) site forwards.
-
-Modes: ``"cache"`` (inference), and for router training ``"teacher"`` (compute everything, leave the cache
-untouched) and ``"soft"`` (HarmoniCa's training forward ``U = r·U_fresh + (1 - r)·C`` with the refresh rule
-``C ← U_fresh`` when ``r > τ``).
+Router training drives the same hooks with its own controller
+(:class:`fastsample.cache.router_training.RouterTrainingController`).
 """
 
 from __future__ import annotations
@@ -20,8 +19,9 @@ import torch
 
 from fastsample.cache.buffers import CacheSlot
 from fastsample.cache.policies import CachePolicy, NoCache
-from fastsample.cache.stats import CacheStats, flop_counter
+from fastsample.cache.stats import CacheStats
 from fastsample.cache.units import CacheSite
+from fastsample.integration.measure import MacCounter
 
 logger = logging.getLogger(__name__)
 
@@ -59,18 +59,6 @@ def _residual(outputs: tuple, inputs: tuple) -> tuple:
     return tuple(None if o is None or x is None else o - x for o, x in zip(outputs, inputs))
 
 
-def _clone(value: Any) -> Any:
-    if isinstance(value, tuple):
-        return tuple(v if v is None else v.clone() for v in value)
-    return value.clone()
-
-
-def _mix(r: torch.Tensor, fresh: Any, cached: Any) -> Any:
-    if isinstance(fresh, tuple):
-        return tuple(f if f is None else r * f + (1 - r) * c for f, c in zip(fresh, cached))
-    return r * fresh + (1 - r) * cached
-
-
 class CacheController:
     """State and decisions of one enabled cache (see the module docstring)."""
 
@@ -91,24 +79,20 @@ class CacheController:
         self.stores = not isinstance(policy, NoCache)
         self.states: dict[str, _ContextState] = {}
         self.profiles: dict[tuple, tuple[float, np.ndarray]] = {}
-        self.mode = "cache"
         self.profiling = False
         self.active: _ContextState | None = None
         self.flags: list[bool | None] = []
-        # router training ("soft" mode): per-site scores r (with grad) and refresh flags r > τ
-        self.soft_scores: torch.Tensor | None = None
-        self.soft_refresh: list[bool] = []
         self._counter: Any = None
         self.call_args: dict[str, Any] | None = None
         self.in_call = False  # inside a call of the owning pipeline (pipelines only)
-        self._site_flops = np.zeros(len(self.sites))
+        self._site_macs = np.zeros(len(self.sites))
 
     # ------------------------------------------------------------------ lifecycle
     def reset(self, call_args: dict[str, Any] | None = None) -> None:
         """Forget every step and cached tensor (buffers are kept for reuse); starts a new sampling run.
 
-        ``call_args``: the pipeline call's bound arguments (:func:`fastsample.pipelines.call_scope.on_call`),
-        handed to the policy's ``check_call``."""
+        ``call_args``: the pipeline call's bound arguments
+        (:func:`fastsample.integration.call_scope.on_call`), handed to the policy's ``check_call``."""
         if self.active is not None:
             raise RuntimeError("cannot reset the cache in the middle of a denoiser forward.")
         self.call_args = call_args
@@ -138,17 +122,19 @@ class CacheController:
         return state
 
     # ------------------------------------------------------------------ denoiser forward
-    def begin_forward(self, context: str, args: tuple, kwargs: dict) -> bool:
-        """Decide this step's flags; returns whether the caller should profile MACs during this forward."""
+    def _enter(self, context: str) -> _ContextState:
         if self.active is not None:
             raise RuntimeError("the cached denoiser was called re-entrantly; this is not supported.")
-        state = self._state(context)
+        return self._state(context)
+
+    def begin_forward(self, context: str, args: tuple, kwargs: dict) -> bool:
+        """Decide this step's flags; returns whether the caller should profile MACs during this forward."""
+        state = self._enter(context)
         step = state.step
         n = len(self.sites)
-        if self.mode != "cache" or step == 0:
+        if step == 0:
             flags: list[bool | None] = [True] * n
-            if self.mode == "cache":
-                self.policy.check_call(step, kwargs.get("timestep"), self.pipe, self.call_args)
+            self.policy.check_call(step, kwargs.get("timestep"), self.pipe, self.call_args)
         elif self.policy.dynamic:
             flags = [True] + [None] * (n - 1)  # block 0 decides for the rest
         else:
@@ -159,10 +145,7 @@ class CacheController:
         self.active, self.flags = state, flags
         state.signature = _signature(args, kwargs)
         want_profile = (
-            self.profile_macs
-            and self.mode == "cache"
-            and state.signature not in self.profiles
-            and all(f is True for f in flags)
+            self.profile_macs and state.signature not in self.profiles and all(f is True for f in flags)
         )
         self.profiling = want_profile
         return want_profile
@@ -171,46 +154,38 @@ class CacheController:
         state, self.active, self.profiling = self.active, None, False
         if state is None or not completed:
             return
-        if self.mode == "cache":
-            state.log.append([bool(f) for f in self.flags])
-            state.step += 1
+        state.log.append([bool(f) for f in self.flags])
+        state.step += 1
 
     def run_profiled(self, forward: Callable[..., Any], args: tuple, kwargs: dict, profile: bool) -> Any:
         if not profile:
             return forward(*args, **kwargs)
-        self._site_flops = np.zeros(len(self.sites))
-        with flop_counter() as counter:
+        self._site_macs = np.zeros(len(self.sites))
+        with MacCounter() as counter:
             self._counter = counter
             try:
                 out = forward(*args, **kwargs)
             finally:
                 self._counter = None
-        self.profiles[self.active.signature] = (counter.get_total_flops() / 2, self._site_flops / 2)
+        self.profiles[self.active.signature] = (float(counter.total_macs), self._site_macs)
         return out
 
     def _call_site(self, index: int, forward: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
-        """Run a site's forward, attributing its FLOPs to it while profiling."""
+        """Run a site's forward, attributing its MACs to it while profiling."""
         if self._counter is None:
             return forward(*args, **kwargs)
-        before = self._counter.get_total_flops()
+        before = self._counter.total_macs
         out = forward(*args, **kwargs)
-        self._site_flops[index] += self._counter.get_total_flops() - before
+        self._site_macs[index] += self._counter.total_macs - before
         return out
 
     # ------------------------------------------------------------------ sites
     def run_unit(self, index: int, forward: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
         """Run unit ``index`` or return its cached output, as decided for the current step."""
         state = self.active
-        if state is None or self.mode == "teacher":
+        if state is None:
             return forward(*args, **kwargs)
         slot = state.slots[index]
-        if self.mode == "soft":
-            fresh = forward(*args, **kwargs)
-            # mix with a clone: autograd keeps the cached value for d/dr while the slot may be refreshed below
-            out = _mix(self.soft_scores[index], fresh, _clone(slot.load())) if slot.valid else fresh
-            if self.soft_refresh[index] or not slot.valid:
-                slot.store(fresh)
-            return out
         if self._must_compute(state, index, args, kwargs):
             out = self._call_site(index, forward, args, kwargs)
             if self.stores:
@@ -223,7 +198,7 @@ class CacheController:
     ) -> Any:
         """Run block ``index`` (storing its residuals) or add its cached residuals to the inputs."""
         state = self.active
-        if state is None or self.mode != "cache":
+        if state is None:
             return forward(*args, **kwargs)
         inputs = tuple(
             kwargs[name] if name in kwargs else (args[0] if name == "hidden_states" and args else None)

@@ -17,18 +17,13 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from diffusers.hooks import HookRegistry, ModelHook
-from diffusers.hooks.hooks import BaseState, StateManager
+from diffusers.hooks import ModelHook
 
 from fastsample.cache.controller import DEFAULT_CONTEXT, CacheController
+from fastsample.integration.hooks import cache_context_manager, context_name, has_hook
 
 STEP_HOOK = "fastsample_cache_step"
 SITE_HOOK = "fastsample_cache_site"
-
-
-class _NoState(BaseState):
-    def reset(self, *args: Any, **kwargs: Any) -> None:
-        pass
 
 
 class StepHook(ModelHook):
@@ -39,13 +34,12 @@ class StepHook(ModelHook):
     def __init__(self, controller: CacheController) -> None:
         super().__init__()
         self.controller = controller
-        self.context_manager = StateManager(_NoState)  # receives diffusers' cache_context(name)
+        self.context_manager = cache_context_manager()  # receives diffusers' cache_context(name)
 
     def new_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
         if self.controller.bypassed:  # no step is active, so every site hook runs its forward too
             return self.fn_ref.original_forward(*args, **kwargs)
-        context = self.context_manager._context
-        name = context.name if context is not None else DEFAULT_CONTEXT
+        name = context_name(self.context_manager, DEFAULT_CONTEXT)
         profile = self.controller.begin_forward(name, args, kwargs)
         completed = False
         try:
@@ -96,40 +90,6 @@ class BlockHook(_SiteHook):
         return self.controller.run_block(self.index, self.streams, self._forward(), args, kwargs)
 
 
-class HookedModules:
-    """Registers the hooks and undoes them exactly (instance ``forward`` and ``_diffusers_hook`` included)."""
-
-    def __init__(self) -> None:
-        self._entries: list[tuple[torch.nn.Module, str, bool, bool]] = []
-
-    def add(self, module: torch.nn.Module, hook: ModelHook, name: str) -> None:
-        had_forward = "forward" in module.__dict__
-        had_registry = "_diffusers_hook" in module.__dict__
-        HookRegistry.check_if_exists_or_initialize(module).register_hook(hook, name)
-        self._entries.append((module, name, had_forward, had_registry))
-
-    def remove_all(self) -> None:
-        for module, name, had_forward, had_registry in reversed(self._entries):
-            registry = module.__dict__.get("_diffusers_hook")
-            if registry is None:
-                continue
-            registry.remove_hook(name, recurse=False)
-            if not registry.hooks:
-                if not had_forward:
-                    module.__dict__.pop("forward", None)
-                if not had_registry:
-                    del module._diffusers_hook
-        self._entries = []
-
-
 def has_fastsample_cache(model: torch.nn.Module) -> bool:
-    registry = getattr(model, "_diffusers_hook", None)
-    return registry is not None and registry.get_hook(STEP_HOOK) is not None
-
-
-def invalidate_registry_cache(model: torch.nn.Module) -> None:
-    """Work around diffusers#14037: child-registry lists go stale when hooks are added or removed."""
-    for module in model.modules():
-        registry = module.__dict__.get("_diffusers_hook")
-        if registry is not None:
-            registry._child_registries_cache = None
+    """Whether ``model`` has a fastsample cache enabled."""
+    return has_hook(model, STEP_HOOK)

@@ -5,12 +5,11 @@ cache (so that drift on a shared machine hits both alike), takes medians, and se
 ``measured_speedup = median(uncached) / median(cached)`` next to the theoretical ``1 / computed-MAC
 fraction`` (from one extra, untimed cached run). A fresh cache per timed run means each run starts at step 0,
 as a pipeline call does.
-On CUDA every timing is bracketed by ``torch.cuda.synchronize()``.
+Times come from the one clock of :mod:`fastsample.integration.measure` on the denoiser's device.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -20,6 +19,8 @@ import torch
 
 from fastsample.cache.api import enable_cache
 from fastsample.cache.stats import CacheStats
+from fastsample.integration.adapters import resolve_denoiser
+from fastsample.integration.measure import Stopwatch
 
 
 @dataclass
@@ -43,14 +44,10 @@ class SpeedupReport:
         return self.measured / self.theoretical if self.theoretical else None
 
 
-def _timed(run: Callable[[], Any]) -> float:
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    run()
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-    return time.perf_counter() - start
+def _timed(run: Callable[[], Any], device: torch.device) -> float:
+    with Stopwatch(device) as watch:
+        run()
+    return watch.seconds
 
 
 def measure_speedup(
@@ -65,6 +62,7 @@ def measure_speedup(
     """Time ``run`` (one full sampling run) uncached and cached; see the module docstring."""
     if repeats < 1 or warmup < 0:
         raise ValueError(f"repeats must be >= 1 and warmup >= 0, got {repeats}, {warmup}.")
+    device = next(resolve_denoiser(pipe_or_model, "measure_speedup").parameters()).device
     for _ in range(warmup):
         run()
     # one untimed cached run gives the statistics (and pays for the MAC profile)
@@ -78,13 +76,13 @@ def measure_speedup(
     def cached_run() -> float:
         handle = enable_cache(pipe_or_model, method, profile_macs=False, **knobs)
         try:
-            return _timed(run)
+            return _timed(run, device)
         finally:
             handle.disable()
 
     uncached, cached = [], []
     for _ in range(repeats):  # alternate, so that load changes on a shared machine hit both alike
-        uncached.append(_timed(run))
+        uncached.append(_timed(run, device))
         cached.append(cached_run())
     report = SpeedupReport(stats, float(np.median(uncached)), float(np.median(cached)))
     stats.measured_speedup = report.measured

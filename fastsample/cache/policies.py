@@ -96,8 +96,8 @@ class StaticSchedule(CachePolicy):
         if step >= self.mask.shape[0]:
             raise RuntimeError(
                 f"{self.describe()} covers {self.mask.shape[0]} steps but step {step} was requested; use as "
-                "many "
-                "inference steps as the schedule has (and call handle.reset() between runs of a bare model)."
+                "many inference steps as the schedule has (and call handle.new_run() between runs of a bare "
+                "model)."
             )
         return self.mask[step].tolist()
 

@@ -261,7 +261,7 @@ class HarmoniCaPolicy(StaticSchedule):
             actual = [float(t) for t in torch.as_tensor(scheduler.timesteps).reshape(-1).tolist()]
             if not _close(actual, expected):
                 problems.append(f"timesteps {actual} != {expected}")
-            from fastsample.pipelines.adapters import get_adapter
+            from fastsample.integration.adapters import get_adapter
 
             scale = get_adapter(pipe).guidance_scale(pipe, call_args)
             if scale is not None and not np.isclose(scale, self.router.guidance_scale):

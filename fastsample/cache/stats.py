@@ -1,8 +1,8 @@
 """What a cache did: hit ratios per step and per site, computed-MAC fraction and theoretical speed-up.
 
-MACs come from one profiled forward (``torch.utils.flop_counter.FlopCounterMode``: matmuls, convolutions and
-attention; element-wise work is not counted, as in the papers' FLOP tables). With ``M`` the MACs of a whole
-denoiser forward and ``m_i`` those of site ``i``, the computed fraction of a run is
+MACs come from one profiled forward (:class:`fastsample.integration.measure.MacCounter`: matmuls,
+convolutions and attention; element-wise work is not counted, as in the papers' FLOP tables). With ``M`` the
+MACs of a whole denoiser forward and ``m_i`` those of site ``i``, the computed fraction of a run is
 
     f = Σ_steps (M - Σ_{i reused} m_i) / (steps · M),   theoretical speed-up = 1 / f.
 """
@@ -12,21 +12,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
-from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
-
-
-def _cpu_sdpa_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
-    return sdpa_flop_count(query_shape, key_shape, value_shape)
-
-
-def flop_counter() -> FlopCounterMode:
-    """A silent ``FlopCounterMode`` that also counts the CPU flash-attention kernel (missing upstream)."""
-    custom = {}
-    cpu_sdpa = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
-    if cpu_sdpa is not None:
-        custom[cpu_sdpa] = _cpu_sdpa_flops
-    return FlopCounterMode(display=False, custom_mapping=custom)
 
 
 @dataclass

@@ -33,10 +33,12 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from fastsample.cache.api import enable_cache
+from fastsample.cache.api import attach_controller, check_no_cache
 from fastsample.cache.policies import FORA
 from fastsample.cache.router import Router, RouterArtifact, inference_mask, model_config_hash
-from fastsample.cache.units import find_units
+from fastsample.cache.router_training import RouterTrainingController
+from fastsample.cache.units import find_sites, find_units
+from fastsample.integration.adapters import get_adapter, resolve_denoiser
 
 logger = logging.getLogger(__name__)
 
@@ -82,10 +84,8 @@ class _Sampler:
     """The pipeline's sampling loop, driven step by step, with the cache controller's modes."""
 
     def __init__(self, pipe: Any, config: RouterTrainingConfig, device: torch.device) -> None:
-        from fastsample.pipelines.adapters import get_adapter
-
         adapter = get_adapter(pipe)
-        model = adapter.denoiser(pipe)
+        model = resolve_denoiser(pipe, "train_router", require_adapter=True)
         if adapter.cfg_layout != "cond_first" or getattr(model.config, "num_embeds_ada_norm", None) is None:
             raise ValueError(
                 f"router training supports class-conditional DiT pipelines (DiTPipeline, PixelDiTPipeline); "
@@ -93,14 +93,18 @@ class _Sampler:
             )
         if adapter.prediction_type(pipe) != "epsilon":
             raise ValueError("router training supports ε-prediction schedulers only.")
-        self.pipe, self.model, self.config, self.device = pipe, model, config, device
+        self.pipe, self.adapter, self.model, self.config, self.device = pipe, adapter, model, config, device
         self.null_class = int(model.config.num_embeds_ada_norm)
-        self.channels = int(model.config.in_channels)
+        self.channels = adapter.guided_channels(pipe) or int(model.config.in_channels)
         self.size = int(model.config.sample_size)
         self.dtype = next(model.parameters()).dtype
-        # FORA(1): computes and stores everything; the trainer drives the controller's modes directly
-        self.handle = enable_cache(model, FORA(interval=1), profile_macs=False)
-        self.controller = self.handle._controller
+        # the training controller computes every unit; the loop below sets its mode before each forward
+        check_no_cache(model)
+        policy = FORA(interval=1)
+        sites = find_sites(model, policy.level)
+        policy.bind(model, sites)
+        self.controller = RouterTrainingController(model, sites, policy)
+        self.handle = attach_controller(self.controller)
         self.timesteps = self.new_scheduler().timesteps
 
     def new_scheduler(self) -> Any:
@@ -123,19 +127,17 @@ class _Sampler:
         mode: str,
         scores: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """CFG-combined ε at state ``x``; ``mode`` is "teacher" or "soft" (``scores`` = router scores)."""
-        self.controller.mode = mode
-        if mode == "soft":
-            self.controller.soft_scores = scores
-            self.controller.soft_refresh = (scores > self.config.threshold).tolist()
-        model_in = scheduler.scale_model_input(torch.cat([x, x]), t)
+        """CFG-combined ε at state ``x``, ε_u + w (ε_c − ε_u), from one batched forward in the pipeline's CFG
+        layout (the adapter's); ``mode`` is "teacher" or "soft" (``scores`` = router scores)."""
+        self.controller.set_mode(mode, scores, self.config.threshold if mode == "soft" else None)
+        model_in = scheduler.scale_model_input(self.adapter.cfg_stack(x, x), t)
         null = torch.full_like(labels, self.null_class)
         out = self.model(
             model_in,
             timestep=t.reshape(1).to(self.device).expand(2 * len(x)),
-            class_labels=torch.cat([labels, null]),
+            class_labels=self.adapter.cfg_stack(labels, null),
         ).sample
-        eps_cond, eps_uncond = out[:, : self.channels].chunk(2)
+        eps_cond, eps_uncond = self.adapter.cfg_halves(out[:, : self.channels])
         return eps_uncond + self.config.guidance_scale * (eps_cond - eps_uncond)
 
     def start(self, x: torch.Tensor, labels: torch.Tensor) -> tuple[Any, torch.Tensor]:
@@ -251,9 +253,7 @@ def train_router(
 
         accelerator = Accelerator()
     device = accelerator.device
-    model = getattr(pipe, "transformer", None)
-    if model is None:
-        raise ValueError(f"{type(pipe).__name__} has no transformer to train a router for.")
+    model = resolve_denoiser(pipe, "train_router", require_adapter=True)
     was_training = model.training
     requires_grad = [p.requires_grad for p in model.parameters()]
     model.eval().requires_grad_(False)
@@ -331,7 +331,7 @@ def evaluate_router_loss(pipe: Any, router: Router, config: RouterTrainingConfig
     from accelerate import Accelerator
 
     config.validate()
-    model = pipe.transformer
+    model = resolve_denoiser(pipe, "evaluate_router_loss", require_adapter=True)
     requires_grad = [p.requires_grad for p in model.parameters()]
     model.requires_grad_(False)
     sampler = _Sampler(pipe, config, Accelerator().device)

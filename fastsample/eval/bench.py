@@ -35,13 +35,17 @@ import platform
 import shlex
 import statistics
 import sys
-import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from fastsample.guidance.methods import METHODS as GUIDANCE_METHODS
+from fastsample.integration.measure import NFECounter, Stopwatch
+from fastsample.solvers.presets import BASELINE_SHORTCUTS, SHORTCUTS
+from fastsample.solvers.presets import build as build_preset
 
 logger = logging.getLogger(__name__)
 
@@ -56,8 +60,9 @@ __all__ = [
     "run_bench",
 ]
 
-SCHEDULERS = ("dpm++2m", "ddim", "pndm", "euler", "ghvb", "hb")
-GUIDANCE = ("cfg", "ag", "apg")
+# the name tables of fastsample.solvers.presets and fastsample.guidance.methods.METHODS
+SCHEDULERS = BASELINE_SHORTCUTS + SHORTCUTS
+GUIDANCE = tuple(GUIDANCE_METHODS)
 CACHES = (None, "fora")
 
 
@@ -123,40 +128,23 @@ RECIPES: dict[str, Recipe] = {recipe.name: recipe for recipe in DEFAULT_RECIPES 
 # Applying a recipe to a pipeline
 # ---------------------------------------------------------------------------------------------------------
 def build_scheduler(name: str, config: Any) -> Any:
-    """The scheduler ``name`` built with ``from_config`` from the pipeline's own (training) schedule."""
-    import diffusers
-
-    from fastsample.solvers import GHVBScheduler, HeavyBallScheduler
-
-    factories: dict[str, Callable[[], Any]] = {
-        "dpm++2m": lambda: diffusers.DPMSolverMultistepScheduler.from_config(
-            config, algorithm_type="dpmsolver++", solver_order=2
-        ),
-        "ddim": lambda: diffusers.DDIMScheduler.from_config(config),
-        "pndm": lambda: diffusers.PNDMScheduler.from_config(config, skip_prk_steps=True),
-        "euler": lambda: diffusers.EulerDiscreteScheduler.from_config(config),
-        # the solver table's best VP rows (fastsample.solvers.benchmark_entries)
-        "ghvb": lambda: GHVBScheduler.from_config(
-            config, ghvb_order=1.8, use_karras_sigmas=True, final_sigmas_type="zero"
-        ),
-        "hb": lambda: HeavyBallScheduler.from_config(
-            config, plms_order=4, momentum=0.8, final_sigmas_type="zero"
-        ),
-    }
-    if name not in factories:
+    """The scheduler ``name`` (:mod:`fastsample.solvers.presets`: a diffusers baseline or a recommended
+    configuration for the family of ``config``) built with ``from_config`` from the pipeline's own (training)
+    schedule."""
+    if name not in SCHEDULERS:
         raise ValueError(f"scheduler must be one of {SCHEDULERS}, got {name!r}")
-    return factories[name]()
+    return build_preset(name, config, baselines=True)
 
 
 @contextlib.contextmanager
 def applied(recipe: Recipe, pipe: Any, base_config: Any) -> Iterator[Any]:
     """Swap in the recipe's scheduler, guidance hook and cache for the block (through
-    :func:`fastsample.pipelines.optimize.optimize`); the pipeline is restored exactly afterwards.
+    :func:`fastsample.optimize.optimize`); the pipeline is restored exactly afterwards.
 
     Yields ``(guidance handle, cache handle)`` (each ``None`` when unused); the guidance handle's
     ``last_stats`` count the model samples.
     """
-    from fastsample.pipelines.optimize import optimize
+    from fastsample.optimize import optimize
 
     with optimize(
         pipe,
@@ -169,32 +157,11 @@ def applied(recipe: Recipe, pipe: Any, base_config: Any) -> Iterator[Any]:
         yield handle.guidance, handle.cache
 
 
-class _SampleCounter:
-    """Forward pre-hook on the denoiser: calls and input samples of each pipeline call."""
-
-    def __init__(self, module: torch.nn.Module) -> None:
-        self.calls = 0
-        self.samples = 0
-        self._handle = module.register_forward_pre_hook(self._hook, with_kwargs=True)
-
-    def _hook(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
-        hidden = args[0] if args else kwargs["hidden_states"]
-        self.calls += 1
-        self.samples += int(hidden.shape[0])
-
-    def remove(self) -> None:
-        self._handle.remove()
-
-
 def _timed_call(pipe: Any, device: torch.device, **kwargs: Any) -> tuple[torch.Tensor, float]:
-    """``pipe(**kwargs)`` with a wall clock around it (CUDA synchronised before and after)."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    start = time.perf_counter()
-    images = pipe(**kwargs).images
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return images, time.perf_counter() - start
+    """``pipe(**kwargs)`` timed by the one clock (:class:`fastsample.integration.measure.Stopwatch`)."""
+    with Stopwatch(device) as watch:
+        images = pipe(**kwargs).images
+    return images, watch.seconds
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -312,7 +279,7 @@ def run_bench(settings: BenchSettings, command: str = "") -> dict[str, Any]:
             "fastsample bench writes a plot with matplotlib: install the `bench` extra "
             "(pip install 'fastsample[bench]')."
         )
-    wall_start = time.perf_counter()
+    wall = Stopwatch().start()  # the whole run
     baseline = settings.recipes[0].name  # ratios are taken against the first recipe
     device = torch.device(settings.device)
     pipe, weights = load_pipeline(settings)
@@ -344,7 +311,7 @@ def run_bench(settings: BenchSettings, command: str = "") -> dict[str, Any]:
 
     def sample(recipe: Recipe, batch_labels: torch.Tensor, batch_noise: torch.Tensor) -> tuple[Any, ...]:
         with applied(recipe, pipe, base_config) as (guidance, cache):
-            counter = _SampleCounter(pipe.transformer)
+            counter = NFECounter(pipe.transformer)
             try:
                 out, seconds = _timed_call(
                     pipe,
@@ -360,7 +327,7 @@ def run_bench(settings: BenchSettings, command: str = "") -> dict[str, Any]:
                 counter.remove()
             evaluated = guidance.last_stats["model_samples"] if guidance is not None else counter.samples
             hit = cache.stats().hit_ratio if cache is not None else None
-        return out.float().cpu(), seconds, counter.calls, evaluated, hit
+        return out.float().cpu(), seconds, counter.count, evaluated, hit
 
     total = len(settings.recipes) * (len(batches) + 1)
     with tqdm(total=total, desc="bench", unit="batch") as bar:
@@ -433,7 +400,7 @@ def run_bench(settings: BenchSettings, command: str = "") -> dict[str, Any]:
     }
     results = _write(settings, rows, setup, verdict)
     results["batch_latencies_s"] = times
-    results["wall_time_s"] = time.perf_counter() - wall_start
+    results["wall_time_s"] = wall.elapsed()
     (settings.out / "results.json").write_text(json.dumps(results, indent=2, default=str))
     report = settings.out / "report.md"
     report.write_text(report.read_text() + f"\nWall time of the whole run: {results['wall_time_s']:.0f} s.\n")

@@ -1,7 +1,7 @@
 """Latency, peak memory, NFE and MACs of diffusion sampling, measured the way acceleration papers report them.
 
-Protocol (training_eval.md §7): warm-up runs at the exact shapes first, then ≥ 10 timed runs; report the
-median and the 90th percentile.
+Protocol (docs/design/evaluation.md#timing): warm-up runs at the exact shapes first, then ≥ 10 timed runs;
+report the median and the 90th percentile.
 
 * **GPU**: CUDA events recorded around each run, with ``torch.cuda.synchronize`` before the start event and
   after the end event; peak memory is ``torch.cuda.max_memory_allocated`` after
@@ -20,7 +20,8 @@ Scopes: ``"model_step"`` (one denoiser forward at the inputs the pipeline really
 ``"denoising_loop"`` (first denoiser call to the end of the last ``scheduler.step``), ``"end_to_end"`` (the
 whole ``pipe(...)`` call, text encoders and VAE included).
 
-Compute: NFE = denoiser forward calls (a forward pre-hook counts them; a batched CFG pass is one call);
+The clock, the NFE counter and the MAC counter are :mod:`fastsample.integration.measure` (re-exported
+here). Compute: NFE = denoiser forward calls (a forward pre-hook counts them; a batched CFG pass is one call);
 MACs from ``torch.utils.flop_counter.FlopCounterMode`` (FLOPs / 2) for linear and convolution layers, plus
 attention counted by hand, because the counter gives 0 for ``scaled_dot_product_attention`` on CPU: an SDPA
 call with queries [..., L_q, E] and keys/values [..., L_k, E], [..., L_k, E_v] costs L_q·L_k·(E + E_v) MACs
@@ -29,22 +30,17 @@ per batch·head (QKᵀ and attention·V; 2·N²·d per head for self-attention).
 
 from __future__ import annotations
 
-import contextlib
-import gc
 import logging
-import math
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
-from torch.overrides import TorchFunctionMode
 
-from fastsample.pipelines.adapters import find_denoiser
+from fastsample.integration.adapters import find_denoiser, resolve_denoiser
+from fastsample.integration.measure import Clock, MacCounter, NFECounter, count_macs, count_nfe, sdpa_macs
 
 __all__ = [
     "MIN_REPEATS",
@@ -59,6 +55,7 @@ __all__ = [
     "count_nfe",
     "find_denoiser",
     "measure_pipeline",
+    "sdpa_macs",
     "time_function",
 ]
 
@@ -73,65 +70,6 @@ SCOPES = ("model_step", "denoising_loop", "end_to_end")
 # ---------------------------------------------------------------------------------------------------------
 def _resolve_device(device: torch.device | str | None) -> torch.device:
     return torch.device(device) if device is not None else torch.device("cpu")
-
-
-def _read_status_kib(field_name: str) -> int | None:
-    try:
-        with open("/proc/self/status") as status:
-            for line in status:
-                if line.startswith(field_name + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        return None
-    return None
-
-
-def _reset_peak_rss() -> int | None:
-    """Reset the kernel's peak RSS counter; return the current RSS in bytes (None if unsupported)."""
-    try:
-        with open("/proc/self/clear_refs", "w") as clear_refs:
-            clear_refs.write("5")
-    except OSError:
-        return None
-    rss = _read_status_kib("VmRSS")
-    return None if rss is None else rss * 1024
-
-
-class _RunClock:
-    """Times single runs of a callable on one device, with its peak memory."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.device = device
-        self.is_cuda = device.type == "cuda"
-        self.memory_measure = (
-            "torch.cuda.max_memory_allocated"
-            if self.is_cuda
-            else "peak RSS growth (Linux VmHWM after clear_refs)"
-        )
-
-    def run(self, fn: Callable[[], Any]) -> tuple[float, int | None]:
-        if self.is_cuda:
-            torch.cuda.synchronize(self.device)
-            torch.cuda.reset_peak_memory_stats(self.device)
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            torch.cuda.synchronize(self.device)
-            return start.elapsed_time(end) / 1000.0, int(torch.cuda.max_memory_allocated(self.device))
-        rss_before = _reset_peak_rss()
-        gc_was_enabled = gc.isenabled()
-        gc.disable()
-        try:
-            begin = time.perf_counter()
-            fn()
-            seconds = time.perf_counter() - begin
-        finally:
-            if gc_was_enabled:
-                gc.enable()
-        peak = _read_status_kib("VmHWM")
-        memory = None if rss_before is None or peak is None else max(peak * 1024 - rss_before, 0)
-        return seconds, memory
 
 
 @dataclass
@@ -161,10 +99,6 @@ class TimingResult:
         return asdict(self)
 
 
-def _method(device: torch.device) -> str:
-    return "cuda-events+synchronize" if device.type == "cuda" else "perf_counter (gc paused)"
-
-
 def _check_counts(warmup: int, repeats: int) -> None:
     if not isinstance(warmup, int) or warmup < 0:
         raise ValueError(f"`warmup` must be a non-negative int, got {warmup!r}.")
@@ -184,7 +118,7 @@ def time_function(
     if not callable(fn):
         raise TypeError("`fn` must be callable with no arguments.")
     _check_counts(warmup, repeats)
-    clock = _RunClock(_resolve_device(device))
+    clock = Clock(_resolve_device(device))
     for _ in range(warmup):
         clock.run(fn)
     runs = [clock.run(fn) for _ in range(repeats)]
@@ -192,7 +126,7 @@ def time_function(
     return TimingResult(
         times_s=[t for t, _ in runs],
         device=str(clock.device),
-        method=_method(clock.device),
+        method=clock.method,
         peak_memory_bytes=max(memories) if memories else None,
         memory_measure=clock.memory_measure,
     )
@@ -228,7 +162,7 @@ def compare_latency(
     if not callable(baseline) or not callable(candidate):
         raise TypeError("`baseline` and `candidate` must be callables with no arguments.")
     _check_counts(warmup, repeats)
-    clock = _RunClock(_resolve_device(device))
+    clock = Clock(_resolve_device(device))
     for _ in range(warmup):
         clock.run(baseline)
         clock.run(candidate)
@@ -242,7 +176,7 @@ def compare_latency(
         return TimingResult(
             times_s=[t for t, _ in runs],
             device=str(clock.device),
-            method=_method(clock.device) + ", interleaved",
+            method=clock.method + ", interleaved",
             peak_memory_bytes=max(memories) if memories else None,
             memory_measure=clock.memory_measure,
         )
@@ -260,145 +194,6 @@ def compare_latency(
 
 
 # ---------------------------------------------------------------------------------------------------------
-# NFE
-# ---------------------------------------------------------------------------------------------------------
-class NFECounter:
-    """Counts forward calls of a module through a forward pre-hook (removed on :meth:`remove`)."""
-
-    def __init__(self, module: nn.Module) -> None:
-        if not isinstance(module, nn.Module):
-            raise TypeError(f"`module` must be a torch.nn.Module, got {type(module).__name__}.")
-        self.count = 0
-        self._handle = module.register_forward_pre_hook(self._hook)
-
-    def _hook(self, module: nn.Module, args: tuple) -> None:
-        self.count += 1
-
-    def reset(self) -> None:
-        self.count = 0
-
-    def remove(self) -> None:
-        self._handle.remove()
-
-
-@contextlib.contextmanager
-def count_nfe(module: nn.Module) -> Iterator[NFECounter]:
-    """``with count_nfe(pipe.transformer) as nfe: pipe(...)`` → ``nfe.count`` denoiser calls."""
-    counter = NFECounter(module)
-    try:
-        yield counter
-    finally:
-        counter.remove()
-
-
-# ---------------------------------------------------------------------------------------------------------
-# MACs
-# ---------------------------------------------------------------------------------------------------------
-def sdpa_macs(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> int:
-    """MACs of softmax(QKᵀ)V: batch·heads · L_q · L_k · (E + E_v)."""
-    batch = math.prod(query.shape[:-2])
-    length_q, embed = query.shape[-2:]
-    length_k, embed_v = key.shape[-2], value.shape[-1]
-    return int(batch * length_q * length_k * (embed + embed_v))
-
-
-class _AttentionMode(TorchFunctionMode):
-    """Adds attention MACs by hand and records what the flop counter itself saw inside SDPA calls."""
-
-    def __init__(self, flop_counter: Any) -> None:
-        super().__init__()
-        self.flop_counter = flop_counter
-        self.attention_macs = 0
-        self.counter_flops_inside_sdpa = 0
-        self.calls = 0
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        if func is not F.scaled_dot_product_attention:
-            return func(*args, **kwargs)
-        names = ("query", "key", "value")
-        tensors = [args[i] if i < len(args) else kwargs[name] for i, name in enumerate(names)]
-        before = self.flop_counter.get_total_flops()
-        output = func(*args, **kwargs)
-        self.counter_flops_inside_sdpa += self.flop_counter.get_total_flops() - before
-        self.attention_macs += sdpa_macs(*tensors)
-        self.calls += 1
-        return output
-
-
-class MacCounter:
-    """Context manager counting multiply-accumulates of everything run inside it.
-
-    ``total_macs`` = FlopCounterMode's FLOPs/2 outside attention + attention MACs by hand (whatever the
-    counter attributed to SDPA calls is replaced, never double counted). ``modules`` maps names to modules
-    whose forward calls are counted separately in ``module_macs`` (e.g. ``{"denoiser": pipe.transformer}``).
-    """
-
-    def __init__(self, modules: dict[str, nn.Module] | None = None) -> None:
-        from torch.utils.flop_counter import FlopCounterMode
-
-        self._flops = FlopCounterMode(display=False)
-        self._attention = _AttentionMode(self._flops)
-        self._modules = dict(modules or {})
-        self.module_macs = dict.fromkeys(self._modules, 0)
-        self.module_calls = dict.fromkeys(self._modules, 0)
-        self._handles: list[Any] = []
-        self._starts: dict[str, list[int]] = {name: [] for name in self._modules}
-
-    @property
-    def flop_counter_macs(self) -> int:
-        """MACs the flop counter saw outside attention (linear, convolution, matmul...)."""
-        return (self._flops.get_total_flops() - self._attention.counter_flops_inside_sdpa) // 2
-
-    @property
-    def attention_macs(self) -> int:
-        return self._attention.attention_macs
-
-    @property
-    def attention_calls(self) -> int:
-        return self._attention.calls
-
-    @property
-    def total_macs(self) -> int:
-        return self.flop_counter_macs + self.attention_macs
-
-    def _pre_hook(self, name: str) -> Callable:
-        def hook(module: nn.Module, args: tuple) -> None:
-            self._starts[name].append(self.total_macs)
-
-        return hook
-
-    def _post_hook(self, name: str) -> Callable:
-        def hook(module: nn.Module, args: tuple, output: Any) -> None:
-            self.module_macs[name] += self.total_macs - self._starts[name].pop()
-            self.module_calls[name] += 1
-
-        return hook
-
-    def __enter__(self) -> MacCounter:
-        for name, module in self._modules.items():
-            self._handles.append(module.register_forward_pre_hook(self._pre_hook(name)))
-            self._handles.append(module.register_forward_hook(self._post_hook(name)))
-        self._flops.__enter__()
-        self._attention.__enter__()
-        return self
-
-    def __exit__(self, *exc_info: Any) -> None:
-        self._attention.__exit__(*exc_info)
-        self._flops.__exit__(*exc_info)
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
-
-
-def count_macs(fn: Callable[[], Any], modules: dict[str, nn.Module] | None = None) -> MacCounter:
-    """Run ``fn()`` once under :class:`MacCounter` (in inference mode) and return the counter."""
-    with torch.inference_mode(), MacCounter(modules) as counter:
-        fn()
-    return counter
-
-
-# ---------------------------------------------------------------------------------------------------------
 # Pipelines: three scopes
 # ---------------------------------------------------------------------------------------------------------
 class _LoopClock:
@@ -409,22 +204,15 @@ class _LoopClock:
 
     def __init__(self, pipe: Any, device: torch.device) -> None:
         self.pipe = pipe
-        self.denoiser = find_denoiser(pipe, "latency timing", allow_model=False)
-        self.is_cuda = device.type == "cuda"
+        self.denoiser = resolve_denoiser(pipe, "latency timing", allow_model=False)
+        self.clock = Clock(device)
         self.loop_times: list[float] = []
         self._start: Any = None
         self._end: Any = None
 
-    def _mark(self) -> Any:
-        if self.is_cuda:
-            event = torch.cuda.Event(enable_timing=True)
-            event.record()
-            return event
-        return time.perf_counter()
-
     def _on_forward(self, module: nn.Module, args: tuple) -> None:
         if self._start is None:
-            self._start = self._mark()
+            self._start = self.clock.mark()
 
     def begin_call(self) -> None:
         self._start = self._end = None
@@ -432,11 +220,7 @@ class _LoopClock:
     def end_call(self) -> None:
         if self._start is None or self._end is None:
             raise RuntimeError("The pipeline call ran no denoiser forward or no scheduler step.")
-        if self.is_cuda:
-            torch.cuda.synchronize()
-            self.loop_times.append(self._start.elapsed_time(self._end) / 1000.0)
-        else:
-            self.loop_times.append(self._end - self._start)
+        self.loop_times.append(self.clock.seconds_between(self._start, self._end))
 
     def __enter__(self) -> _LoopClock:
         scheduler = self.pipe.scheduler
@@ -446,7 +230,7 @@ class _LoopClock:
 
         def step(*args: Any, **kwargs: Any) -> Any:
             output = original(*args, **kwargs)
-            self._end = self._mark()
+            self._end = self.clock.mark()
             return output
 
         scheduler.step = step
@@ -492,7 +276,7 @@ def _clone_inputs(value: Any) -> Any:
 
 
 def _capture_first_denoiser_call(pipe: Any, call_kwargs: dict[str, Any]) -> tuple[tuple, dict[str, Any], int]:
-    denoiser = find_denoiser(pipe, "latency timing", allow_model=False)
+    denoiser = resolve_denoiser(pipe, "latency timing", allow_model=False)
     captured: list[tuple[tuple, dict]] = []
 
     def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
@@ -529,7 +313,7 @@ def measure_pipeline(
     if unknown or not scopes:
         raise ValueError(f"`scopes` must be a non-empty subset of {SCOPES}, got {scopes!r}.")
     _check_counts(warmup, repeats)
-    denoiser = find_denoiser(pipe, "latency timing", allow_model=False)
+    denoiser = resolve_denoiser(pipe, "latency timing", allow_model=False)
     device = _resolve_device(device if device is not None else next(denoiser.parameters()).device)
     args, kwargs, nfe = _capture_first_denoiser_call(pipe, call_kwargs)
     results: dict[str, TimingResult] = {}
@@ -555,7 +339,7 @@ def measure_pipeline(
             results["denoising_loop"] = TimingResult(
                 times_s=loop_clock.loop_times[warmup:],
                 device=str(device),
-                method=_method(device) + ", first denoiser call → last scheduler.step",
+                method=Clock(device).method + ", first denoiser call → last scheduler.step",
             )
     latency = PipelineLatency(scopes={s: results[s] for s in scopes}, nfe_per_call=nfe)
     if count_compute:

@@ -1,9 +1,10 @@
 """What a guidance method sees at one denoising step, and the conversions between prediction spaces.
 
-Notation (guidance.md §0): the model input is x_t = α x0 + σ ε (VP; for Euler-type schedulers the pipeline has
-already divided by √(ρ² + 1), so x_t is VP-scaled) or x_t = (1 − s) x0 + s ε (flow, α = 1 − s, σ = s). The
-model outputs ε (x̂0 = (x_t − σ ε̂)/α), v (x̂0 = α x_t − σ v̂), x0 itself, or the flow velocity
-v = ε − x0 (x̂0 = x_t − s v̂). ρ = σ/α is the EDM / k-diffusion sigma.
+Notation (docs/design/guidance.md#notation-and-spaces): the model input is x_t = α x0 + σ ε (VP; for
+Euler-type schedulers the pipeline has already divided by √(ρ² + 1), so x_t is VP-scaled) or
+x_t = (1 − s) x0 + s ε (flow, α = 1 − s, σ = s). The model outputs ε (x̂0 = (x_t − σ ε̂)/α),
+v (x̂0 = α x_t − σ v̂), x0 itself, or the flow velocity v = ε − x0 (x̂0 = x_t − s v̂). ρ = σ/α is the
+EDM / k-diffusion sigma.
 """
 
 from __future__ import annotations

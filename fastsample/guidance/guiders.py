@@ -9,7 +9,7 @@ get the x0-space versions on classic pipelines. Differences from diffusers' own 
 - :class:`APGGuider` uses the paper's combination D_c + (w − 1)(Δ⊥ + η Δ∥) with the paper's defaults (η = 0,
   β = −0.5) and a resolution-independent (per-element) norm threshold; diffusers'
   ``AdaptiveProjectedGuidance``
-  defaults to u + w·U, η = 1 and no momentum (guidance.md §2.2).
+  defaults to u + w·U, η = 1 and no momentum (docs/design/guidance.md#relation-to-diffusers-guiders).
 - :class:`AdaptiveGuider` is Adaptive Guidance: once every sample's cos(c, u) passes the threshold it reports
   ``num_conditions == 1`` so the modular loop runs the conditional pass only for the rest of the generation.
 """

@@ -1,9 +1,9 @@
 """Apply a guidance method to a classic diffusers pipeline through a call-scoped hook on its denoiser.
 
-The hook (a diffusers ``ModelHook`` with ``new_forward``, guidance.md §3 "Option A") sees the denoiser's
-batched CFG forward, splits the output into the conditional and unconditional halves (order from the adapter
-table), computes the guided prediction g with the method and writes it back so that the pipeline's own
-``u + w (c − u)`` yields g:
+The hook (a diffusers ``ModelHook`` with ``new_forward``, docs/design/guidance.md#the-guidance-hook) sees the
+denoiser's batched CFG forward, splits the output into the conditional and unconditional halves (order from
+the adapter table), computes the guided prediction g with the method and writes it back so that the pipeline's
+own ``u + w (c − u)`` yields g:
 
 - ``write_back="both"`` (A1, default for batched pipelines): both halves = g. Exact for any w.
 - ``write_back="keep_cond"`` (A2, always used for Flux's separate calls): keep c and set
@@ -18,24 +18,35 @@ samples out (Adaptive Guidance after some samples switched), the batch is re-pac
 conditional rows plus the unconditional rows of the masked samples only, with every batched argument
 selected the same way, and the unmasked samples get u = c.
 Per-generation state is reset at the start of each ``pipe(...)`` through
-:mod:`fastsample.pipelines.call_scope`, which also hands the hook the call's bound arguments: the pipeline's
+:mod:`fastsample.integration.call_scope`, which also hands the hook the call's bound arguments: the pipeline's
 guidance scale and CFG switch come from them (or from an attribute such as ``pipe._guidance_scale``) as the
 adapter says. A denoiser called outside a pipeline call runs unguided.
 """
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 import logging
-from collections.abc import Iterator
 from typing import Any, Literal
 
 import torch
-from diffusers.hooks.hooks import BaseState, HookRegistry, ModelHook, StateManager
+from diffusers.hooks.hooks import ModelHook
 
-from fastsample.pipelines.adapters import PipelineAdapter, get_adapter, rho_to_alpha_sigma
-from fastsample.pipelines.call_scope import has_call_hook, on_call, remove_call_hook
+from fastsample.integration.adapters import (
+    PipelineAdapter,
+    get_adapter,
+    pipeline_signature,
+    resolve_denoiser,
+    rho_to_alpha_sigma,
+)
+from fastsample.integration.call_scope import has_call_hook, on_call, remove_call_hook
+from fastsample.integration.handles import Handle
+from fastsample.integration.hooks import (
+    HookedModules,
+    cache_context_manager,
+    context_name,
+    invalidate_registry_cache,
+)
 
 from .context import GuidanceContext
 from .methods import GuidanceMethod
@@ -45,11 +56,6 @@ logger = logging.getLogger(__name__)
 HOOK_NAME = "fastsample_guidance"
 _CALL_KEY = "fastsample.guidance"
 WriteBack = Literal["auto", "both", "keep_cond"]
-
-
-class _NoState(BaseState):
-    def reset(self, *args, **kwargs) -> None:
-        pass
 
 
 def _slice_batch(value: Any, full: int, index: slice | torch.Tensor) -> Any:
@@ -160,7 +166,7 @@ class GuidanceHook(ModelHook):
         self.adapter = adapter
         self.method = method
         self.write_back = write_back
-        self.cache_state = StateManager(_NoState)  # receives diffusers' cache_context name (Flux)
+        self.cache_state = cache_context_manager()  # receives diffusers' cache_context name (Flux)
         self._signature: inspect.Signature | None = None
         self.last_stats: dict[str, int] = {}
         self._warned_inactive = False
@@ -224,8 +230,6 @@ class GuidanceHook(ModelHook):
         nxt = next_alpha_sigma(self.pipe.scheduler, t, kind) if self.method.needs_next_sigma else None
         extra = {}
         if getattr(self.method, "needs_signature", False) and self.step == 0:
-            from .linear_ag import pipeline_signature
-
             extra["signature"] = pipeline_signature(self.pipe)
         return GuidanceContext(
             x=x,
@@ -361,8 +365,7 @@ class GuidanceHook(ModelHook):
         return out, c, c_rest, u, u_rest
 
     def _separate_calls(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> Any:
-        context = self.cache_state._context
-        name = None if context is None else context.name
+        name = context_name(self.cache_state)
         if name == "cond":
             x, timestep = self._hidden_and_timestep(args, kwargs)
             ctx = self._context(x, timestep)
@@ -388,18 +391,15 @@ class GuidanceHook(ModelHook):
         return self._run(args, kwargs)
 
 
-class GuidanceHandle:
+class GuidanceHandle(Handle):
     """Returned by :func:`enable_guidance`; ``disable()`` removes the hook and restores the pipeline
-    exactly."""
+    exactly (the :class:`~fastsample.integration.handles.Handle` verbs)."""
 
-    def __init__(
-        self, pipe: Any, hook: GuidanceHook, module: torch.nn.Module, had_forward: bool, had_registry: bool
-    ):
+    def __init__(self, pipe: Any, hook: GuidanceHook, module: torch.nn.Module, hooked: HookedModules):
         self.pipe = pipe
         self.hook = hook
         self._module = module
-        self._had_forward = had_forward
-        self._had_registry = had_registry
+        self._hooked = hooked
         self.active = True
 
     @property
@@ -412,24 +412,14 @@ class GuidanceHandle:
         call."""
         return dict(self.hook.last_stats)
 
-    def disable(self) -> None:
-        if not self.active:
-            return
-        registry = self._module._diffusers_hook
-        registry.remove_hook(HOOK_NAME, recurse=False)
-        if not registry.hooks:
-            if not self._had_forward:
-                self._module.__dict__.pop("forward", None)
-            if not self._had_registry:
-                del self._module._diffusers_hook
+    def describe(self) -> str:
+        state = self.hook.write_back if self.active else "off"
+        return f"guidance {type(self.method).__name__} on {type(self.pipe).__name__} ({state})"
+
+    def _undo(self) -> None:
+        self._hooked.remove_all()
+        invalidate_registry_cache(self._module)
         remove_call_hook(self.pipe, _CALL_KEY)
-        self.active = False
-
-    def __enter__(self) -> GuidanceHandle:
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.disable()
 
 
 def enable_guidance(pipe: Any, method: GuidanceMethod, write_back: WriteBack = "auto") -> GuidanceHandle:
@@ -437,7 +427,7 @@ def enable_guidance(pipe: Any, method: GuidanceMethod, write_back: WriteBack = "
 
     Args:
         pipe: a supported diffusers (or fastsample) pipeline; see
-            :func:`fastsample.pipelines.adapters.supported_pipelines`.
+            :func:`fastsample.integration.adapters.supported_pipelines`.
         method: a :class:`~fastsample.guidance.methods.GuidanceMethod` instance.
         write_back: ``"auto"`` (A1 for batched pipelines, A2 for separate calls), ``"both"`` (A1) or
             ``"keep_cond"`` (A2); see the module docstring.
@@ -457,7 +447,7 @@ def enable_guidance(pipe: Any, method: GuidanceMethod, write_back: WriteBack = "
         write_back = "both"
     if has_call_hook(pipe, _CALL_KEY):
         raise ValueError("guidance is already enabled on this pipeline; disable the existing handle first.")
-    module = adapter.denoiser(pipe)
+    module = resolve_denoiser(pipe, "enable_guidance", require_adapter=True)
     registry = module.__dict__.get("_diffusers_hook")
     existing = registry.get_hook(HOOK_NAME) if registry is not None else None
     if existing is not None:
@@ -469,22 +459,21 @@ def enable_guidance(pipe: Any, method: GuidanceMethod, write_back: WriteBack = "
             f"first, or give this pipeline its own copy of the {adapter.denoiser_attr}."
         )
     _check_method(pipe, adapter, method)
-    had_forward = "forward" in module.__dict__
-    had_registry = hasattr(module, "_diffusers_hook")
     hook = GuidanceHook(pipe, adapter, method, write_back)
-    HookRegistry.check_if_exists_or_initialize(module).register_hook(hook, HOOK_NAME)
+    hooked = HookedModules()
+    hooked.add(module, hook, HOOK_NAME)
+    invalidate_registry_cache(module)
     on_call(pipe, _CALL_KEY, hook.reset_call, hook.end_call, with_arguments=True)
-    return GuidanceHandle(pipe, hook, module, had_forward, had_registry)
+    return GuidanceHandle(pipe, hook, module, hooked)
 
 
-@contextlib.contextmanager
-def guide(pipe: Any, method: GuidanceMethod, write_back: WriteBack = "auto") -> Iterator[GuidanceHandle]:
-    """``with guide(pipe, APG()): pipe(...)``: guidance for the calls inside the block only."""
-    handle = enable_guidance(pipe, method, write_back)
-    try:
-        yield handle
-    finally:
-        handle.disable()
+def guide(pipe: Any, method: GuidanceMethod, write_back: WriteBack = "auto") -> GuidanceHandle:
+    """Alias of :func:`enable_guidance`, the primary spelling, kept for ``with guide(pipe, APG()):``.
+
+    The returned handle is a context manager, so ``with guide(...)`` and ``with enable_guidance(...)`` are
+    the same: guidance for the calls inside the block only. (Called without ``with``, guidance stays on
+    until ``handle.disable()``.)"""
+    return enable_guidance(pipe, method, write_back)
 
 
 __all__ = [

@@ -9,8 +9,8 @@ On a selected step i the unconditional prediction is estimated as
 step is guided with û_i, so the model runs on the conditional half only. The coefficients are fitted per step
 on calibration runs of full CFG (every element of every sample is one least-squares row; only the 4×4 normal
 equations are accumulated, so calibration needs no memory for trajectories). The exact feature set and step
-pattern of the paper are not verified (guidance.md §1.1); this is fastsample's reading: by default every
-second step of the first half is estimated.
+pattern of the paper are not verified (docs/design/guidance.md#adaptive-guidance-and-linearag); this is
+fastsample's reading: by default every second step of the first half is estimated.
 
 The fitted :class:`LinearAGCoefficients` name the model, scheduler and step count they were fitted for and
 refuse to run on anything else.
@@ -18,7 +18,6 @@ refuse to run on anything else.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -26,30 +25,12 @@ from typing import Any
 
 import torch
 
+from fastsample.integration.adapters import pipeline_signature
+
 from .context import GuidanceContext
 from .methods import GuidanceMethod, cfg_combine
 
 _FILE = "linear_ag.json"
-
-
-def pipeline_signature(pipe: Any) -> dict[str, Any]:
-    """What a LinearAG fit is valid for: the denoiser (class, name, config and a weight fingerprint), the
-    scheduler (class and config) and the number of scheduler timesteps."""
-    from fastsample.pipelines.adapters import get_adapter
-
-    denoiser = get_adapter(pipe).denoiser(pipe)
-    params = list(denoiser.parameters())
-    digest = hashlib.sha1(json.dumps(dict(denoiser.config), sort_keys=True, default=str).encode())
-    for p in (params[0], params[-1]):
-        digest.update(p.detach().flatten()[:64].to("cpu", torch.float64).numpy().tobytes())
-    sched_config = {k: v for k, v in dict(pipe.scheduler.config).items() if not k.startswith("_")}
-    return {
-        "model": f"{type(denoiser).__name__}:{getattr(denoiser.config, '_name_or_path', '') or ''}:"
-        f"{digest.hexdigest()[:16]}",
-        "scheduler": f"{type(pipe.scheduler).__name__}:"
-        f"{hashlib.sha1(json.dumps(sched_config, sort_keys=True, default=str).encode()).hexdigest()[:16]}",
-        "num_steps": len(pipe.scheduler.timesteps),
-    }
 
 
 @dataclass

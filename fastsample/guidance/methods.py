@@ -205,12 +205,12 @@ class AdaptiveGuidance(GuidanceMethod):
     """Adaptive Guidance (Castillo et al. 2023, arXiv 2312.12487).
 
     Per sample, γ = cos(x̂0_c, x̂0_u) over all non-batch dims (computed on x̂0 because in ε space c ≈ u ≈ x_t at
-    the first step; guidance.md §1.1). A sample whose γ ≥ ``threshold`` switches permanently to the
-    conditional prediction: from that step on its output is c. On batched pipelines the switched samples'
-    unconditional rows are dropped from the forward (``repack=True``, see
-    :meth:`GuidanceMethod.uncond_mask`), so a batch of B samples costs B + #(not yet switched) rows per
-    step; once every sample has switched the model runs on the conditional half only. With
-    ``repack=False`` the batch keeps its 2B rows until the last sample switches (same outputs, more rows).
+    the first step; docs/design/guidance.md#adaptive-guidance-and-linearag). A sample whose γ ≥ ``threshold``
+    switches permanently to the conditional prediction: from that step on its output is c. On batched
+    pipelines the switched samples' unconditional rows are dropped from the forward (``repack=True``, see
+    :meth:`GuidanceMethod.uncond_mask`), so a batch of B samples costs B + #(not yet switched) rows per step;
+    once every sample has switched the model runs on the conditional half only. With ``repack=False`` the
+    batch keeps its 2B rows until the last sample switches (same outputs, more rows).
 
     Args:
         guidance_scale: w ≥ 1 for the CFG steps (``None``: the pipeline's).
@@ -368,7 +368,18 @@ class CFGPlusPlus(GuidanceMethod):
         return self._combine(self.guidance_scale, cond, uncond, ctx)
 
 
+# The one name table of guidance methods (optimize, the benchmark recipes and the CLI read it).
+METHODS: dict[str, type[GuidanceMethod]] = {
+    "cfg": CFG,
+    "cfg-rescale": CFGRescale,
+    "apg": APG,
+    "ag": AdaptiveGuidance,
+    "cfg-zero-star": CFGZeroStar,
+    "cfg++": CFGPlusPlus,
+}
+
 __all__ = [
+    "METHODS",
     "APG",
     "CFG",
     "AdaptiveGuidance",

@@ -1,11 +1,10 @@
 """Training of the learned annealing scheduler (:class:`~fastsample.guidance.annealing.AnnealingHead`).
 
-Objective (Yehezkel et al., arXiv 2506.24108, as described in guidance.md §1.2): sample a clean latent z0, a
-step i of the sampler grid, noise ε and λ ~ U[0, 1]; form z_i = α_i z0 + σ_i ε; with the frozen denoiser
-get ε_c,
-ε_u at z_i; let w = w_θ(τ_i, ‖ε_u − ε_c‖, λ), ε̂ = ε_u + w (ε_c − ε_u) and take one CFG++ DDIM step
-z_{i+1} = α_{i+1} x̂0(ε̂) + σ_{i+1} ε_u; run the frozen denoiser again at z_{i+1} (gradients reach w_θ through
-z_{i+1}) and minimise
+Objective (Yehezkel et al., arXiv 2506.24108, as described in docs/design/guidance.md#annealing-guidance):
+sample a clean latent z0, a step i of the sampler grid, noise ε and λ ~ U[0, 1]; form z_i = α_i z0 + σ_i ε;
+with the frozen denoiser get ε_c, ε_u at z_i; let w = w_θ(τ_i, ‖ε_u − ε_c‖, λ), ε̂ = ε_u + w (ε_c − ε_u) and
+take one CFG++ DDIM step z_{i+1} = α_{i+1} x̂0(ε̂) + σ_{i+1} ε_u; run the frozen denoiser again at z_{i+1}
+(gradients reach w_θ through z_{i+1}) and minimise
 
     L = λ ‖ε_c(z_{i+1}) − ε_u(z_{i+1})‖² + (1 − λ) ‖ε̂ − ε‖²      (mean over elements).
 
@@ -27,7 +26,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from fastsample.pipelines.adapters import get_adapter
+from fastsample.integration.adapters import get_adapter
 
 from .annealing import AnnealingHead
 from .context import GuidanceContext

@@ -15,7 +15,7 @@ processors instead and checks that every attention module now runs the requested
   core) or whenever ``fused_prologue`` is on: its QK RMSNorm + RoPE prologue then runs as one Triton kernel
   per tensor (:func:`fastsample.kernels.triton_ops.qk_rmsnorm_rope`).
 
-The previous processor objects are put back by :meth:`AttentionHandle.reset`.
+The previous processor objects are put back by :meth:`AttentionHandle.disable`.
 
 A ``kernels=`` choice changes no process-wide state: the chosen kernel's op is called directly
 (:func:`sdpa_with_kernels`), and processors that call SDPA themselves run under a thread-local torch function
@@ -37,7 +37,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from fastsample.pipelines.adapters import find_denoiser
+from fastsample.integration.adapters import resolve_denoiser
+from fastsample.integration.handles import Handle, deprecated_alias
 
 logger = logging.getLogger(__name__)
 
@@ -526,8 +527,10 @@ def _auto_choice(model: torch.nn.Module) -> tuple[str, tuple[str, ...] | None]:
     return "sdpa", None
 
 
-class AttentionHandle:
-    """From :func:`set_attention`: ``describe()``/``summary()``, ``reset()`` (alias ``disable()``)."""
+class AttentionHandle(Handle):
+    """From :func:`set_attention`: the :class:`~fastsample.integration.handles.Handle` verbs (``disable()``
+    puts the previous processor objects back); ``summary()`` is ``describe()``; ``reset()`` is a deprecated
+    alias of ``disable()``."""
 
     def __init__(self, model: torch.nn.Module, backend: str, kernels: tuple[str, ...] | None) -> None:
         self.model = model
@@ -553,25 +556,13 @@ class AttentionHandle:
 
     summary = describe
 
-    def reset(self) -> None:
-        """Put the previous processor objects back (identical objects); idempotent."""
-        if not self.active:
-            return
+    def _undo(self) -> None:
+        """Put the previous processor objects back (identical objects)."""
         for module, original in reversed(self._originals):
             module.set_processor(original)
         self._originals = []
-        self.active = False
 
-    disable = reset
-
-    def __enter__(self) -> AttentionHandle:
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.reset()
-
-    def __repr__(self) -> str:
-        return f"AttentionHandle({self.describe()})"
+    reset = deprecated_alias("disable", "reset")
 
 
 def set_attention(
@@ -606,7 +597,7 @@ def set_attention(
     the shapes a ``RuntimeError`` ("no available kernel", naming each kernel's reason) is raised at the first
     call rather than falling back silently.
 
-    Returns an :class:`AttentionHandle`; ``handle.reset()`` restores the previous processor objects.
+    Returns an :class:`AttentionHandle`; ``handle.disable()`` restores the previous processor objects.
     Raises ``ValueError`` if the model has no attention module, and ``ValueError``/``ImportError`` if a
     module cannot run the requested backend (nothing is changed then).
     """
@@ -626,15 +617,15 @@ def set_attention(
         bad = [k for k in kernels if k not in SDPA_KERNELS]
         if not kernels or bad:
             raise ValueError(f"kernels must be a non-empty subset of {SDPA_KERNELS}, got {kernels!r}")
-    model = find_denoiser(pipe_or_model, "set_attention")
+    model = resolve_denoiser(pipe_or_model, "set_attention")
     modules = _attention_modules(model)
     if not modules:
         raise ValueError(f"set_attention: {type(model).__name__} has no diffusers attention module")
     stacked = [name for name, m in modules if getattr(m.processor, "_fastsample_attention", False)]
     if stacked:
         raise ValueError(
-            f"set_attention: {stacked[0]} already runs a fastsample attention path; reset() the first handle "
-            "before choosing another backend."
+            f"set_attention: {stacked[0]} already runs a fastsample attention path; disable() the first "
+            "handle before choosing another backend."
         )
     if fused_prologue is not None and not isinstance(fused_prologue, bool):
         raise TypeError(f"fused_prologue must be None or a bool, got {type(fused_prologue).__name__}")
@@ -710,7 +701,7 @@ def set_attention(
             new._fastsample_attention = True  # on our own object (a copy for dispatcher processors)
             handle._swap(module, new, kind)
     except BaseException:
-        handle.reset()
+        handle.disable()
         raise
     logger.info(handle.describe())
     return handle

@@ -38,7 +38,9 @@ import torch
 import torch.nn.functional as F
 from diffusers.hooks import ModelHook
 
-from fastsample.cache.hooks import HookedModules, invalidate_registry_cache
+from fastsample.integration.adapters import resolve_denoiser
+from fastsample.integration.handles import Handle, deprecated_alias
+from fastsample.integration.hooks import HookedModules, has_hook, invalidate_registry_cache
 from fastsample.kernels.attention import records_grad
 
 logger = logging.getLogger(__name__)
@@ -286,8 +288,9 @@ def _embedding_groups(embs: list[torch.nn.Module]) -> list[int]:
     return groups
 
 
-class DiTSavingsHandle:
-    """From :func:`enable_dit_savings`: ``describe()``/``summary()``, ``disable()`` (alias ``reset()``)."""
+class DiTSavingsHandle(Handle):
+    """From :func:`enable_dit_savings`: the :class:`~fastsample.integration.handles.Handle` verbs;
+    ``summary()`` is ``describe()``; ``reset()`` is a deprecated alias of ``disable()``."""
 
     def __init__(self, model: torch.nn.Module, hooked: HookedModules, description: str) -> None:
         self.model = model
@@ -300,23 +303,11 @@ class DiTSavingsHandle:
 
     summary = describe
 
-    def disable(self) -> None:
-        if not self.active:
-            return
+    def _undo(self) -> None:
         self._hooked.remove_all()
         invalidate_registry_cache(self.model)
-        self.active = False
 
-    reset = disable
-
-    def __enter__(self) -> DiTSavingsHandle:
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.disable()
-
-    def __repr__(self) -> str:
-        return f"DiTSavingsHandle({self.describe()})"
+    reset = deprecated_alias("disable", "reset")
 
 
 def enable_dit_savings(
@@ -337,9 +328,8 @@ def enable_dit_savings(
     from diffusers.models.normalization import AdaLayerNormZero
 
     from fastsample.kernels.attention import require_triton
-    from fastsample.pipelines.adapters import find_denoiser
 
-    model = find_denoiser(pipe_or_model, "enable_dit_savings")
+    model = resolve_denoiser(pipe_or_model, "enable_dit_savings")
     if not isinstance(model, DiTTransformer2DModel):
         raise TypeError(f"enable_dit_savings needs a DiTTransformer2DModel, got {type(model).__name__}")
     norms = [block.norm1 for block in model.transformer_blocks]
@@ -352,8 +342,7 @@ def enable_dit_savings(
             "enable_dit_savings: nothing requested (all of shared_embedding, batched_adaln, "
             "fused_modulate, fused_gated_residual are False)"
         )
-    registry = model.__dict__.get("_diffusers_hook")
-    if registry is not None and registry.get_hook(_HOOK) is not None:
+    if has_hook(model, _HOOK):
         raise ValueError("enable_dit_savings: already enabled on this model; disable the first handle")
     if fused_modulate:
         require_triton(model, "enable_dit_savings(fused_modulate=True)")

@@ -1,1 +1,1 @@
-"""Integration glue: the per-pipeline adapter table, `optimize(pipe, ...)`, the pixel-space DiT pipeline."""
+"""Pipelines fastsample defines itself (the pixel-space DiT pipeline)."""

@@ -18,7 +18,7 @@ _AB = {
     5: ((1901, -2774, 2616, -1274, 251), 720),
 }
 
-# c^{(k)}(β) = (p_j + q_j·β)/den, newest first (solvers.md §2.1)
+# c^{(k)}(β) = (p_j + q_j·β)/den, newest first (docs/design/solvers.md#multistep-coefficients)
 _GHVB = {
     1: (((0, 1),), 1),
     2: (((2, 1), (-2, 1)), 2),

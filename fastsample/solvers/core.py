@@ -1,8 +1,8 @@
 """The one multistep core behind every fastsample scheduler: grid, slope conversion, history, update.
 
-Coordinates (solvers.md §0). A VP model sees x = α·x0 + σ·ε. In x̄ = x/α and σ̄ = σ/α the probability-flow
-ODE is dx̄/dσ̄ = ε̂ and DDIM is one Euler step. A flow-matching model sees x = (1−s)·x0 + s·ε and the ODE is
-dx/ds = v̂ = ε̂ − x̂0. The core integrates y' = f(τ) in one of two spaces:
+Coordinates (docs/design/solvers.md#coordinates). A VP model sees x = α·x0 + σ·ε. In x̄ = x/α and σ̄ = σ/α the
+probability-flow ODE is dx̄/dσ̄ = ε̂ and DDIM is one Euler step. A flow-matching model sees x = (1−s)·x0 + s·ε
+and the ODE is dx/ds = v̂ = ε̂ − x̂0. The core integrates y' = f(τ) in one of two spaces:
 
 - ``"sigma_bar"`` (VP): τ = σ̄, y = x/α, slope f = ε̂;
 - ``"flow"``: τ = σ/(α+σ), y = x/(α+σ), slope f = ε̂ − x̂0. For flow models α+σ = 1, so this is (s, x, v̂).
@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -35,6 +36,9 @@ from fastsample.solvers import grids
 from fastsample.solvers.rules import Rule
 
 logger = logging.getLogger(__name__)
+
+# Debug flag: check every model output for NaN/inf on accelerators too (costs a device sync per step).
+CHECK_FINITE = os.environ.get("FASTSAMPLE_CHECK_FINITE", "0") not in ("", "0")
 
 VP_PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 FLOW_PREDICTION = "flow_prediction"
@@ -504,7 +508,8 @@ class MultistepCore(SchedulerMixin, ConfigMixin):
                 f"`step` was called {i + 1} times but there are only {len(self._calls)} timesteps"
             )
         out = model_output.float()
-        if not math.isfinite(float(out.sum())):
+        # reading a value forces a device sync: on accelerators only with FASTSAMPLE_CHECK_FINITE=1 (debug)
+        if (out.device.type == "cpu" or CHECK_FINITE) and not math.isfinite(float(out.sum())):
             raise ValueError(
                 f"{type(self).__name__}: the model output at step index {i} "
                 f"(timestep {float(self.timesteps[i])}) "

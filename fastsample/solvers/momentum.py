@@ -11,8 +11,9 @@ enlarges it:
 - :class:`GHVBScheduler` (generalized heavy ball, fractional order q = k − 1 + β): the velocity enters the
   multistep, U = (1/β)·Σ c_j(β)·v_{n−j}; it slides from PLMS-(k−1) (β → 0) to PLMS-k (β = 1). With the
   AB1 start-up used here it is **about second order**: q = 1.5 measures 2.0; q = 3.8 measures ≈ 3.5 at
-  40 → 80 steps but tends to 2 asymptotically (the AB1 start and v_0 = f_0 cap it, solvers.md §2.6), so
-  higher q lowers the error constant rather than raising the order.
+  40 → 80 steps but tends to 2 asymptotically (the AB1 start and v_0 = f_0 cap it,
+  docs/design/solvers.md#convergence-order), so higher q lowers the error constant rather than raising the
+  order.
 
 What they buy: no divergence artifacts at low NFE (≤ 10) and high guidance (w = 7.5–15), at about the error
 of first/second-order solvers. What they do not buy: accuracy at 20+ steps without guidance, where the time

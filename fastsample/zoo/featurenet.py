@@ -22,7 +22,6 @@ import argparse
 import json
 import logging
 import math
-import time
 from pathlib import Path
 
 import torch
@@ -30,6 +29,7 @@ from torch import nn
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
+from fastsample.integration.measure import Stopwatch
 from fastsample.zoo.data import NUM_CLASSES, generate_batch
 
 logger = logging.getLogger(__name__)
@@ -148,7 +148,7 @@ def train_feature_net(
         lambda i: min(1.0, (i + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(i, steps) / steps)),
     )
     net.train()
-    start = time.perf_counter()
+    watch = Stopwatch().start()
     running = None
     bar = tqdm(range(steps), desc="train feature net", disable=not progress)
     for step in bar:
@@ -166,7 +166,7 @@ def train_feature_net(
         "steps": steps,
         "batch_size": batch_size,
         "final_loss": running,
-        "seconds": time.perf_counter() - start,
+        "seconds": watch.elapsed(),
     }
     return net, summary
 

@@ -11,7 +11,7 @@ mixture, N(α μ_k, diag(α² s_k² + σ²)), so the posterior means are closed-
 
 so that x = α x̂0 + σ ε̂ holds exactly. Conditioning on a class keeps only that class's components.
 
-Two interpolations are supported (solvers.md §0, guidance.md §5.1):
+Two interpolations are supported (docs/design/solvers.md#coordinates):
 
 - ``"vp"``: indexed by σ̄ = σ/α with α = 1/√(1+σ̄²), σ = σ̄ α (σ̄ = 0 is clean data, σ̄ = ∞ pure noise);
   outputs ε̂, x̂0 and v̂ = α ε̂ − σ x̂0 (Salimans & Ho 2022, v-prediction).
@@ -29,7 +29,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-FAMILIES = ("vp", "flow")
+from fastsample.solvers.presets import FAMILIES
+
 VP_PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
 FLOW_PREDICTION_TYPES = ("flow_prediction", "epsilon", "sample")
 PRESET_STDS = {"hard": 0.15, "smooth": 0.5}
@@ -156,7 +157,8 @@ class GaussianMixture:
         seed: int = 0,
         dirichlet_alpha: float = 1.0,
     ) -> GaussianMixture:
-        """Seeded random mixture (solvers.md §5.1): means ~ N(0, I), weights ~ Dirichlet(α·1), isotropic std.
+        """Seeded random mixture (docs/design/solvers.md#exact-mixture-oracle): means ~ N(0, I), weights ~
+        Dirichlet(α·1), isotropic std.
 
         ``std`` is a number or a preset: "hard" = 0.15 (sharp terminal phase), "smooth" = 0.5.
         Each component is its own class.

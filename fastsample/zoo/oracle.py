@@ -1,6 +1,6 @@
 """Run any diffusers-compatible scheduler against the exact Gaussian-mixture denoiser, and score it.
 
-The pieces (solvers.md §5.1):
+The pieces (docs/design/solvers.md#exact-mixture-oracle):
 
 - :class:`OracleProblem` fixes the mixture, the initial noise (float64) and one class label per sample
   (uniform over classes by default, or drawn from p(y)).
@@ -75,8 +75,8 @@ class OracleProblem:
     ) -> OracleProblem:
         """Seeded standard-normal noise and one random label per sample.
 
-        ``labels="uniform"``: every class equally often (what solvers.md §5.2 used); ``"prior"``: drawn from
-        p(y), the mixture's class weights.
+        ``labels="uniform"``: every class equally often (what docs/design/solvers.md#reading-the-table used);
+        ``"prior"``: drawn from p(y), the mixture's class weights.
         """
         if num_samples < 1:
             raise ValueError(f"`num_samples` must be >= 1, got {num_samples}")
@@ -363,7 +363,7 @@ class ReferenceCache:
 # ---------------------------------------------------------------------------------------------- metrics
 @dataclass
 class OracleMetrics:
-    """Scores of one run against its reference (solvers.md §5.1)."""
+    """Scores of one run against its reference (docs/design/solvers.md#exact-mixture-oracle)."""
 
     median_error: float
     blowup_rate: float

@@ -1,4 +1,5 @@
-"""The solver table: every scheduler against the exact Gaussian-mixture oracle (solvers.md §5).
+"""The solver table: every scheduler against the exact Gaussian-mixture oracle
+(docs/design/solvers.md#the-oracle-solver-table).
 
 For each scheduler (diffusers' multistep schedulers on the Stable Diffusion 1.5 schedule, the same on SD3's
 flow-matching schedule, plus fastsample's own schedulers), at each NFE and guidance scale w, it reports the
@@ -11,8 +12,9 @@ Rows come from :class:`SolverEntry` objects. Other modules contribute rows by de
 entry's family (:data:`SD15_SCHEDULER_CONFIG` for "vp", :data:`SD3_SCHEDULER_CONFIG` for "flow") and must
 return a fresh scheduler, for example ``lambda config: MyScheduler.from_config(config, order=2.5)``.
 
-w = 0 is the unconditional model ("unguided" in solvers.md §5.2), w = 1 the conditional one (a single
-Gaussian per class in the default mixture, so every solver finds it easy), w > 1 classifier-free guidance.
+w = 0 is the unconditional model ("unguided" in docs/design/solvers.md#reading-the-table), w = 1 the
+conditional one (a single Gaussian per class in the default mixture, so every solver finds it easy), w > 1
+classifier-free guidance.
 """
 
 from __future__ import annotations
@@ -29,7 +31,9 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from fastsample.zoo.gmm import FAMILIES, GaussianMixture
+from fastsample.integration.measure import Stopwatch
+from fastsample.solvers.presets import SolverEntry
+from fastsample.zoo.gmm import GaussianMixture
 from fastsample.zoo.oracle import LABEL_MODES, OracleMetrics, OracleProblem, ReferenceCache, evaluate
 
 logger = logging.getLogger(__name__)
@@ -57,7 +61,8 @@ QUICK_GUIDANCE_SCALES = (0.0, 7.5)
 QUICK_SAMPLES = 200
 QUICK_ROWS = ("Euler", "PNDM/PLMS", "DPM++2M Karras", "DDIM", "FlowMatch Euler")
 DEFAULT_MIXTURE_SEED = 0
-# Cells whose spread over random mixtures --sensitivity reports (solvers.md §5.2's headline figures).
+# Cells whose spread over random mixtures --sensitivity reports (the headline figures of
+# docs/design/solvers.md#reading-the-table).
 HEADLINE_CELLS = (
     ("PNDM/PLMS", 10, 7.5),
     ("PNDM/PLMS", 8, 15.0),
@@ -67,7 +72,8 @@ HEADLINE_CELLS = (
     ("Euler", 10, 0.0),
 )
 
-# solvers.md §5.2 (SD1.5 scaled_linear, d=8, K=5, std 0.15): (name, nfe, w) -> (median, blow-up rate).
+# The first recorded run (docs/design/solvers.md#reading-the-table; SD1.5 scaled_linear, d=8, K=5, std 0.15):
+# (name, nfe, w) -> (median, blow-up rate).
 # "unguided" there is the unconditional model, w = 0 here. Used only for the comparison table.
 # fmt: off
 _NOTES_COLUMNS = [(5, 0.0), (10, 0.0), (20, 0.0), (5, 7.5), (10, 7.5), (20, 7.5), (8, 15.0), (10, 15.0)]
@@ -91,32 +97,6 @@ NOTES_5_2: dict[tuple[str, int, float], tuple[float, float | None]] = {
     for name, values in _NOTES_ROWS.items()
     for (nfe, w), value in zip(_NOTES_COLUMNS, values)
 }
-
-
-@dataclass(frozen=True)
-class SolverEntry:
-    """One row of the solver table.
-
-    Attributes:
-        name: row label.
-        family: "vp" (indexed by ᾱ / σ̄; base config SD1.5) or "flow" (rectified flow; base config SD3).
-        make: base config dict -> a fresh diffusers-compatible scheduler (``SchedulerMixin``).
-        source: who implements it ("diffusers", "fastsample", ...), shown in the table; rows from
-            ``fastsample.solvers.benchmark_entries()`` that leave it empty are labelled "fastsample".
-    """
-
-    name: str
-    family: str
-    make: Callable[[dict], object]
-    source: str = ""
-
-    def __post_init__(self) -> None:
-        if not self.name:
-            raise ValueError("`name` must be a non-empty string")
-        if self.family not in FAMILIES:
-            raise ValueError(f"`family` must be one of {FAMILIES}, got {self.family!r}")
-        if not callable(self.make):
-            raise TypeError("`make` must be a callable taking the base config dict")
 
 
 def _from_config(class_name: str, config: dict, **overrides):
@@ -214,7 +194,6 @@ def run_solver_table(
     ``mixture`` defaults to ``GaussianMixture.random(seed=mixture_seed)`` (d=8, K=5, std 0.15); the
     noise and labels (``labels``: "uniform" over classes or drawn from the "prior" p(y)) come from ``seed``.
     """
-    import time
 
     from tqdm.auto import tqdm
 
@@ -233,7 +212,7 @@ def run_solver_table(
     cache = ReferenceCache(problem)
     jobs = [(e, int(n), float(w)) for e in entries for w in guidance_scales for n in nfe_values]
     cells = []
-    start = time.perf_counter()
+    watch = Stopwatch().start()
     for entry, nfe, w in tqdm(jobs, desc="solver table", unit="cell", disable=not progress):
         scheduler = entry.make(dict(BASE_CONFIGS[entry.family]))
         try:
@@ -255,7 +234,7 @@ def run_solver_table(
         mixture_seed,
         labels,
         num_references=len(cache.solutions),
-        elapsed_s=time.perf_counter() - start,
+        elapsed_s=watch.elapsed(),
     )
 
 
@@ -351,7 +330,7 @@ def _comparison(table: SolverTable) -> list[str]:
     if not lines:
         return []
     return [
-        "| solver | NFE | w | solvers.md §5.2 | this run |",
+        "| solver | NFE | w | docs/design/solvers.md#reading-the-table | this run |",
         "|---|---|---|---|---|",
         *lines,
     ]
@@ -406,7 +385,8 @@ def format_markdown(table: SolverTable, command: str | None = None) -> str:
         "rtol = atol = 1e-10, from each scheduler's own start to its own end, same guided denoiser",
         "- NFE = model calls (one batched cond+uncond call = 1); num_inference_steps is chosen so that the "
         "call count equals the NFE (PNDM/PLMS: N+1 calls for N steps, so N = NFE-1)",
-        '- w = 0: unconditional ("unguided" in solvers.md §5.2); w = 1: conditional (one Gaussian per class);'
+        '- w = 0: unconditional ("unguided" in docs/design/solvers.md#reading-the-table); '
+        "w = 1: conditional (one Gaussian per class);"
         " w > 1: classifier-free guidance u + w(c - u)",
         "",
     ]
@@ -436,7 +416,7 @@ def format_markdown(table: SolverTable, command: str | None = None) -> str:
     comparison = _comparison(table)
     if comparison:
         out += [
-            "## Comparison with solvers.md §5.2",
+            "## Comparison with docs/design/solvers.md#reading-the-table",
             "",
             'The notes\' "unguided" columns are the unconditional model (w = 0 here); at w = 1 each class '
             "is one Gaussian, whose exact path x̄ = μ + c·√(s² + σ̄²) every solver follows closely. Labels "
@@ -456,7 +436,9 @@ def format_markdown(table: SolverTable, command: str | None = None) -> str:
             "The same cells on other random mixtures (same d, K, std; means and weights redrawn with "
             "`GaussianMixture.random(seed=...)`); median error (blow-up rate).",
             "",
-            "| solver | NFE | w | " + " | ".join(f"mixture seed {m}" for m in seeds) + " | solvers.md §5.2 |",
+            "| solver | NFE | w | "
+            + " | ".join(f"mixture seed {m}" for m in seeds)
+            + " | docs/design/solvers.md#reading-the-table |",
             "|---|---|---|" + "---|" * (len(seeds) + 1),
         ]
         for (name, nfe, w), metrics in sensitivity.items():
@@ -496,7 +478,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         "--labels",
         choices=LABEL_MODES,
         default="uniform",
-        help="class labels: uniform over classes (default, as solvers.md §5.2) or drawn from p(y)",
+        help="class labels: uniform over classes (default, as in docs/design/solvers.md#reading-the-table) "
+        "or drawn from p(y)",
     )
     parser.add_argument("--out", type=str, default=None, help="also write the markdown report to this path")
     parser.add_argument(

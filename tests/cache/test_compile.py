@@ -28,7 +28,7 @@ def test_static_schedule_compiles_once_per_unit_type_without_breaks_or_recompile
         torch.testing.assert_close(compiled, reference, rtol=1e-5, atol=1e-5)
 
         counters.clear()  # a second sampling run (a new pipeline call) compiles nothing
-        handle.reset()
+        handle.new_run()
         sample(model, "dit", 4, seed=1)
         assert dict(counters["graph_break"]) == {} and counters["stats"]["unique_graphs"] == 0
     handle.disable()

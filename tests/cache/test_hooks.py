@@ -127,7 +127,7 @@ def test_buffers_are_allocated_once_and_copied_into():
     slots = handle._controller.states["default"].slots
     pointers = [s.load().data_ptr() for s in slots]
     for _ in range(2):
-        handle.reset()
+        handle.new_run()
         sample(model, "dit", STEPS, seed=1)
     assert [s.allocations for s in slots] == [1] * len(slots)
     assert [s.load().data_ptr() for s in slots] == pointers
@@ -138,7 +138,7 @@ def test_reset_starts_a_new_run():
     model = tiny_model("dit")
     handle = enable_cache(model, "fora", interval=3)
     first = sample(model, "dit", STEPS)
-    handle.reset()
+    handle.new_run()
     second = sample(model, "dit", STEPS)
     assert torch.equal(first, second)
     assert handle.stats().num_forwards == STEPS

@@ -66,9 +66,9 @@ def test_legacy_models_change_processor_and_match(build, inputs, backend, kernel
     with torch.no_grad():
         got = model(**kwargs).sample
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
-    handle.reset()
+    handle.disable()
     assert all(a is b for a, b in zip(_processors(model), before, strict=True))  # identical objects back
-    handle.reset()  # idempotent
+    handle.disable()  # idempotent
     assert "reset" in handle.describe()
 
 
@@ -94,7 +94,7 @@ def test_sd3_joint_processor_is_wrapped():
     )
     with pytest.raises(ValueError, match="already runs a fastsample attention path"):
         set_attention(pipe, "sdpa")
-    handle.reset()
+    handle.disable()
     assert all(a is b for a, b in zip(_processors(pipe.transformer), before, strict=True))
 
 
@@ -107,7 +107,7 @@ def test_flux_dispatcher_processors_are_copied_not_mutated():
     assert all(a is not b and type(a) is type(b) for a, b in zip(after, before))
     assert all(a._attention_backend.value == "native" for a in after)
     assert [p._attention_backend for p in before] == old_backends
-    handle.reset()
+    handle.disable()
     assert all(a is b for a, b in zip(_processors(model), before, strict=True))
 
 
@@ -189,7 +189,7 @@ def test_torch_compile_through_processor():
         got = torch.compile(model, backend="aot_eager")(**kwargs).sample
     assert explained.graph_break_count == 0
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
-    handle.reset()
+    handle.disable()
     torch._dynamo.reset()
 
 
@@ -264,7 +264,7 @@ def test_flux_fused_prologue_matches_diffusers(prologue_calls, backend, kernels,
     prologue = fused_prologue is not False
     # per forward: q and k of the double block in 2 parts (text, image), of each single block in 1
     assert len(prologue_calls) == (2 * 2 + 2 * 2 * 1 if prologue else 0)
-    handle.reset()
+    handle.disable()
     assert all(a is b for a, b in zip(_processors(model), before, strict=True))
     torch.testing.assert_close(_flux_forward(model), expected, atol=0, rtol=0)
 
@@ -316,7 +316,7 @@ def test_flux_fused_prologue_under_torch_compile(prologue_calls):
     got = _flux_forward(compiled)
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
     assert prologue_calls  # the fused path ran
-    handle.reset()
+    handle.disable()
     torch._dynamo.reset()
 
 
@@ -331,7 +331,7 @@ def test_flux_fused_prologue_with_cache(prologue_calls):
     with fs.enable_cache(model, "fora", interval=2) as cache:
         expected = sample(model, "flux", steps=4)
         hits = cache.stats().hit_ratio
-        cache.reset()
+        cache.new_run()
         with set_attention(model, "triton") as handle:
             got = sample(model, "flux", steps=4)
             assert "fused QK RMSNorm+RoPE" in handle.describe()

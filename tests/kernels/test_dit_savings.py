@@ -136,9 +136,9 @@ def test_pipeline_with_cache_and_guidance():
 def test_shipped_default_dit():
     """The shipped DiT was trained from a random init: its 6 embeddings differ, so this is the bmm path.
 
-    The denoiser output is compared at fp32 round-off (1e-5). The 3-step images are compared more loosely: the
-    batched matmul sums in another order (~2e-6 on the model output), and the first solver step turns ε into x0
-    by dividing by sqrt(ᾱ) = 6.3e-3 at t = 999, which scales that round-off by ~160.
+    The denoiser output is compared at fp32 round-off (1e-5). The 3-step images are compared more loosely:
+    the batched matmul sums in another order (~2e-6 on the model output), and the first solver step turns ε
+    into x0 by dividing by sqrt(ᾱ) = 6.3e-3 at t = 999, scaling that round-off by ~160.
     """
     pipe = fs.load_default_pipeline()
     pipe.set_progress_bar_config(disable=True)

@@ -5,7 +5,7 @@ import diffusers
 import pytest
 import torch
 
-from fastsample.pipelines.adapters import ADAPTERS, get_adapter, supported_pipelines
+from fastsample.integration.adapters import ADAPTERS, get_adapter, supported_pipelines
 
 EXPECTED = {
     "StableDiffusionPipeline": ("unet", "uncond_first"),

@@ -1,63 +1,42 @@
 """``optimize(pipe, scheduler=..., guidance=..., cache=..., attention=...)``: every capability in one call.
 
 Composes a scheduler swap (:mod:`fastsample.solvers` or any diffusers scheduler), a guidance method
-(:func:`fastsample.guidance.enable_guidance`) and a feature cache (:func:`fastsample.cache.enable_cache`) on a
-supported pipeline (:func:`fastsample.pipelines.adapters.get_adapter`). Every argument is validated and every
-object built *before* the pipeline is touched, so a bad argument leaves it unchanged; the returned
-:class:`OptimizeHandle` logs and reports what is active and ``undo()`` restores the pipeline exactly (the
+(:func:`fastsample.guidance.enable_guidance`) and a feature cache (:func:`fastsample.cache.enable_cache`) on
+a supported pipeline (:func:`fastsample.integration.adapters.get_adapter`). Every argument is validated and
+every object built *before* the pipeline is touched, so a bad argument leaves it unchanged; the returned
+:class:`OptimizeHandle` logs and reports what is active and ``disable()`` restores the pipeline exactly (the
 same scheduler object, the same attention processors, no hooks left).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
+import sys
+import types
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from fastsample.pipelines.adapters import get_adapter
+from fastsample.guidance.methods import METHODS as GUIDANCE_METHODS
+from fastsample.integration.adapters import get_adapter, resolve_denoiser
+from fastsample.integration.handles import Handle, deprecated_alias
+from fastsample.solvers.presets import PRESETS, family_of
+from fastsample.solvers.presets import SHORTCUTS as SCHEDULER_SHORTCUTS
 
 logger = logging.getLogger(__name__)
 
-SCHEDULER_SHORTCUTS = ("ghvb", "hb", "plms", "dpm++2m-hb")
-GUIDANCE_NAMES = ("cfg", "cfg-rescale", "apg", "ag", "cfg-zero-star", "cfg++")
+GUIDANCE_NAMES = tuple(GUIDANCE_METHODS)  # fastsample.guidance.methods.METHODS
 # enable_cache's own keyword arguments; every other knob belongs to the cache policy.
 _CACHE_CALL_KNOBS = ("compile", "profile_macs")
 
 
 def _scheduler_factories(config: Any) -> dict[str, Callable[[], Any]]:
-    """The string shortcuts, built with ``from_config`` from the pipeline's scheduler config.
-
-    VP rows are the solver table's best rows (:func:`fastsample.solvers.benchmark_entries`): GHVB 1.8 on the
-    Karras grid, PLMS4 + Heavy Ball 0.8, PLMS4 (GHVB order 4) and DPM++2M + HB 0.8, ending at σ̄ = 0. Flow
-    models get the flow rows of the same table (uniform grid, FlowMatch's ``shift`` kept).
-    """
-    from fastsample.solvers import (
-        GHVBScheduler,
-        HeavyBallScheduler,
-        MomentumDPMSolverMultistepScheduler,
-        is_flow_config,
-    )
-
-    if is_flow_config(config):
-        return {
-            "ghvb": lambda: GHVBScheduler.from_config(config, ghvb_order=1.8),
-            "hb": lambda: HeavyBallScheduler.from_config(config, plms_order=4, momentum=0.8),
-            "plms": lambda: GHVBScheduler.from_config(config, ghvb_order=4),
-            "dpm++2m-hb": lambda: MomentumDPMSolverMultistepScheduler.from_config(
-                config,
-                momentum=0.8,
-                use_flow_sigmas=True,
-                prediction_type="flow_prediction",
-                flow_shift=float(dict(config).get("shift", 1.0)),
-            ),
-        }
-    zero = {"final_sigmas_type": "zero"}
+    """The string shortcuts for the family of ``config`` (:data:`fastsample.solvers.presets.PRESETS`), each
+    built with ``from_config`` from ``config``."""
+    family = family_of(config)
     return {
-        "ghvb": lambda: GHVBScheduler.from_config(config, ghvb_order=1.8, use_karras_sigmas=True, **zero),
-        "hb": lambda: HeavyBallScheduler.from_config(config, plms_order=4, momentum=0.8, **zero),
-        "plms": lambda: GHVBScheduler.from_config(config, ghvb_order=4, **zero),
-        "dpm++2m-hb": lambda: MomentumDPMSolverMultistepScheduler.from_config(config, momentum=0.8),
+        p.shortcut: functools.partial(p.build, config) for p in PRESETS if p.shortcut and p.family == family
     }
 
 
@@ -89,7 +68,6 @@ def _build_scheduler(spec: Any, pipe: Any) -> Any:
 
 def _build_guidance(spec: Any) -> Any:
     """``None`` → ``None``; a :class:`~fastsample.guidance.GuidanceMethod` as is; a name → its default."""
-    from fastsample.guidance import APG, CFG, AdaptiveGuidance, CFGPlusPlus, CFGRescale, CFGZeroStar
     from fastsample.guidance.methods import GuidanceMethod
 
     if spec is None or isinstance(spec, GuidanceMethod):
@@ -99,15 +77,7 @@ def _build_guidance(spec: Any) -> Any:
             f"guidance must be None, a fastsample.guidance method or one of {GUIDANCE_NAMES}, "
             f"got {type(spec).__name__}."
         )
-    classes = {
-        "cfg": CFG,
-        "cfg-rescale": CFGRescale,
-        "apg": APG,
-        "ag": AdaptiveGuidance,
-        "cfg-zero-star": CFGZeroStar,
-        "cfg++": CFGPlusPlus,
-    }
-    cls = classes.get(spec.lower())
+    cls = GUIDANCE_METHODS.get(spec.lower())
     if cls is None:
         raise ValueError(
             f"unknown guidance {spec!r}; choose one of {GUIDANCE_NAMES} or pass a method object."
@@ -188,7 +158,7 @@ def _check_dit_savings(spec: Any, pipe: Any) -> dict[str, Any] | None:
         )
     from diffusers import DiTTransformer2DModel
 
-    denoiser = getattr(pipe, get_adapter(pipe).denoiser_attr)
+    denoiser = resolve_denoiser(pipe, "optimize", require_adapter=True)
     if not isinstance(denoiser, DiTTransformer2DModel):
         raise ValueError(
             f"dit_savings needs a DiTTransformer2DModel denoiser (DiTPipeline, PixelDiTPipeline); "
@@ -197,9 +167,10 @@ def _check_dit_savings(spec: Any, pipe: Any) -> dict[str, Any] | None:
     return knobs
 
 
-@dataclass
-class OptimizeHandle:
-    """What :func:`optimize` turned on; ``undo()`` (alias ``disable()``) restores the pipeline exactly."""
+@dataclass(repr=False, eq=False)
+class OptimizeHandle(Handle):
+    """What :func:`optimize` turned on; ``disable()`` restores the pipeline exactly (the
+    :class:`~fastsample.integration.handles.Handle` verbs; ``undo()`` is a deprecated alias)."""
 
     pipe: Any
     original_scheduler: Any
@@ -217,29 +188,18 @@ class OptimizeHandle:
             return f"fastsample.optimize on {type(self.pipe).__name__}: nothing active"
         return "\n".join(self.lines)
 
-    def undo(self) -> None:
-        """Take everything back in reverse order and put the original scheduler back; idempotent."""
-        if not self.active:
-            return
-        if self.cache is not None:
-            self.cache.disable()
-        if self.dit_savings is not None:
-            self.dit_savings.disable()
-        if self.attention is not None:
-            self.attention.reset()
-        if self.guidance is not None:
-            self.guidance.disable()
+    def describe(self) -> str:
+        return self.summary()
+
+    def _undo(self) -> None:
+        """Take everything back in reverse order and put the original scheduler back."""
+        for piece in (self.cache, self.dit_savings, self.attention, self.guidance):
+            if piece is not None:
+                piece.disable()
         self.pipe.scheduler = self.original_scheduler
-        self.active = False
         logger.info("fastsample.optimize undone on %s", type(self.pipe).__name__)
 
-    disable = undo
-
-    def __enter__(self) -> OptimizeHandle:
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.undo()
+    undo = deprecated_alias("disable", "undo")
 
 
 def optimize(
@@ -250,10 +210,10 @@ def optimize(
     attention: Any = None,
     dit_savings: Any = False,
 ) -> OptimizeHandle:
-    """Compose fastsample's capabilities on ``pipe``; undo with ``handle.undo()`` or a ``with`` block.
+    """Compose fastsample's capabilities on ``pipe``; undo with ``handle.disable()`` or a ``with`` block.
 
     Args:
-        pipe: a supported pipeline (:func:`fastsample.pipelines.adapters.supported_pipelines`).
+        pipe: a supported pipeline (:func:`fastsample.integration.adapters.supported_pipelines`).
         scheduler: ``None`` (keep), a scheduler instance, a scheduler class (``cls.from_config(
             pipe.scheduler.config)``) or a shortcut: ``"ghvb"`` (GHVB order 1.8, Karras grid), ``"hb"``
             (PLMS4 + Heavy Ball 0.8), ``"plms"`` (PLMS4), ``"dpm++2m-hb"`` (DPM-Solver++ 2M + Heavy Ball 0.8).
@@ -314,7 +274,7 @@ def optimize(
             described = policy.describe() if hasattr(policy, "describe") else type(policy).__name__
             handle.lines.append(f"cache: {type(policy).__name__} {described} on {adapter.denoiser_attr}")
     except BaseException:
-        handle.undo()
+        handle.disable()
         raise
     handle.lines = [f"fastsample.optimize on {name}: {line}" for line in handle.lines]
     for line in handle.lines:
@@ -325,3 +285,14 @@ def optimize(
 
 
 __all__ = ["GUIDANCE_NAMES", "SCHEDULER_SHORTCUTS", "OptimizeHandle", "optimize"]
+
+
+class _CallableModule(types.ModuleType):
+    """``fastsample.optimize`` names both this module and its function: importing the module makes it the
+    package attribute, so calling the module runs :func:`optimize`."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> OptimizeHandle:
+        return optimize(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

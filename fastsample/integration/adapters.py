@@ -1,7 +1,7 @@
 """The one table of per-pipeline facts that guidance and caching both need.
 
 Every capability that hooks a pipeline's denoiser asks :func:`get_adapter` for the facts below instead of
-hard-coding them (architecture.md, "One table of pipeline facts"; guidance.md §2.1 and §3):
+hard-coding them (docs/design/architecture.md#adapters, docs/design/guidance.md#pipeline-layouts):
 
 - ``denoiser_attr``: the pipeline attribute holding the denoiser (``"unet"`` or ``"transformer"``).
 - ``cfg_layout``: how the two classifier-free-guidance passes reach the denoiser:
@@ -17,7 +17,7 @@ hard-coding them (architecture.md, "One table of pipeline facts"; guidance.md §
 - ``guidance_scale_attr`` / ``guidance_scale_arg``: where the pipeline keeps its guidance scale: an attribute
   set during ``__call__`` (``pipe._guidance_scale``) or only the ``__call__`` argument (DiT, PixArt,
   Flux ``true_cfg_scale``), read from the call's bound arguments
-  (:func:`fastsample.pipelines.call_scope.on_call` with ``with_arguments=True``).
+  (:func:`fastsample.integration.call_scope.on_call` with ``with_arguments=True``).
 - ``true_cfg_rule``: for ``"separate_calls"`` pipelines, whether a call with these arguments runs the
   unconditional pass (the pipeline's own rule, restated: Flux needs ``true_cfg_scale > 1`` and a negative
   prompt or negative embeddings); ``true_cfg_hint`` says so in words, for warnings.
@@ -29,6 +29,8 @@ Pipelines are keyed by class *name* and looked up along the MRO, so a pipeline d
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -119,6 +121,20 @@ class PipelineAdapter:
             f"it runs CFG only with {self.guidance_scale_arg} > 1, and this call has "
             f"{self.guidance_scale_arg}={value}"
         )
+
+    def cfg_stack(self, cond: torch.Tensor, uncond: torch.Tensor) -> torch.Tensor:
+        """The one batched CFG input of this layout: ``[cond; uncond]`` (``cond_first``) or
+        ``[uncond; cond]`` (``uncond_first``)."""
+        if self.cfg_layout == "separate_calls":
+            raise ValueError(f"{self.pipeline} runs cond and uncond as separate calls, not one batch.")
+        return torch.cat([cond, uncond] if self.cfg_layout == "cond_first" else [uncond, cond])
+
+    def cfg_halves(self, out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(cond, uncond) halves of a batched CFG output (the inverse of :meth:`cfg_stack`)."""
+        if self.cfg_layout == "separate_calls":
+            raise ValueError(f"{self.pipeline} runs cond and uncond as separate calls, not one batch.")
+        first, second = out.chunk(2)
+        return (first, second) if self.cfg_layout == "cond_first" else (second, first)
 
     # ------------------------------------------------------------------ noise-level facts
     def alpha_sigma(self, pipe: Any, timestep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -232,15 +248,28 @@ ADAPTERS: dict[str, PipelineAdapter] = {
 }
 
 
-def find_denoiser(pipe_or_model: Any, what: str = "fastsample", allow_model: bool = True) -> torch.nn.Module:
-    """A model itself (when ``allow_model``), or a pipeline's ``transformer`` / ``unet``, for capabilities
-    that need only the denoiser (any pipeline, with or without an adapter); ``TypeError`` naming ``what``
-    otherwise."""
+def resolve_denoiser(
+    pipe_or_model: Any, what: str = "fastsample", *, allow_model: bool = True, require_adapter: bool = False
+) -> torch.nn.Module:
+    """The denoiser a capability works on: the one place that finds it.
+
+    - a ``torch.nn.Module`` is the denoiser itself (refused with a ``TypeError`` unless ``allow_model``);
+    - a pipeline with an adapter: its ``adapter.denoiser_attr`` component (``ValueError`` when it is not
+      loaded and ``require_adapter``);
+    - any other pipeline: its ``transformer`` or ``unet``, unless ``require_adapter`` (then the
+      ``ValueError`` of :func:`get_adapter` naming the supported pipelines).
+
+    Anything else is a ``TypeError`` naming ``what`` (the function the user called).
+    """
     if isinstance(pipe_or_model, torch.nn.Module):
         if allow_model:
             return pipe_or_model
         raise TypeError(f"{what} expects a diffusers pipeline, got the model {type(pipe_or_model).__name__}.")
-    for attr in ("transformer", "unet"):
+    adapter = _lookup(type(pipe_or_model))
+    if require_adapter:
+        return get_adapter(pipe_or_model).denoiser(pipe_or_model)
+    attrs = ("transformer", "unet") if adapter is None else (adapter.denoiser_attr,)
+    for attr in attrs:
         model = getattr(pipe_or_model, attr, None)
         if isinstance(model, torch.nn.Module):
             return model
@@ -248,21 +277,49 @@ def find_denoiser(pipe_or_model: Any, what: str = "fastsample", allow_model: boo
     raise TypeError(f"{what} expects {expected}, got {type(pipe_or_model).__name__}.")
 
 
+find_denoiser = resolve_denoiser  # the former name (fastsample.eval.latency re-exports it)
+
+
 def supported_pipelines() -> list[str]:
     """Names of the pipeline classes with an adapter."""
     return sorted(ADAPTERS)
+
+
+def _lookup(cls: type) -> PipelineAdapter | None:
+    for klass in cls.__mro__:
+        adapter = ADAPTERS.get(klass.__name__)
+        if adapter is not None:
+            return adapter
+    return None
 
 
 def get_adapter(pipe: Any) -> PipelineAdapter:
     """The adapter for a pipeline instance (or class); a ``ValueError`` naming the supported ones
     otherwise."""
     cls = pipe if isinstance(pipe, type) else type(pipe)
-    for klass in cls.__mro__:
-        adapter = ADAPTERS.get(klass.__name__)
-        if adapter is not None:
-            return adapter
+    adapter = _lookup(cls)
+    if adapter is not None:
+        return adapter
     supported = ", ".join(supported_pipelines())
     raise ValueError(f"fastsample has no adapter for {cls.__name__}; supported pipelines: {supported}.")
+
+
+def pipeline_signature(pipe: Any) -> dict[str, Any]:
+    """What a fit to one pipeline (LinearAG coefficients) is valid for: the denoiser (class, name, config
+    and a weight fingerprint), the scheduler (class and config) and the number of scheduler timesteps."""
+    denoiser = resolve_denoiser(pipe, "pipeline_signature", require_adapter=True)
+    params = list(denoiser.parameters())
+    digest = hashlib.sha1(json.dumps(dict(denoiser.config), sort_keys=True, default=str).encode())
+    for p in (params[0], params[-1]):
+        digest.update(p.detach().flatten()[:64].to("cpu", torch.float64).numpy().tobytes())
+    sched_config = {k: v for k, v in dict(pipe.scheduler.config).items() if not k.startswith("_")}
+    return {
+        "model": f"{type(denoiser).__name__}:{getattr(denoiser.config, '_name_or_path', '') or ''}:"
+        f"{digest.hexdigest()[:16]}",
+        "scheduler": f"{type(pipe.scheduler).__name__}:"
+        f"{hashlib.sha1(json.dumps(sched_config, sort_keys=True, default=str).encode()).hexdigest()[:16]}",
+        "num_steps": len(pipe.scheduler.timesteps),
+    }
 
 
 def rho_to_alpha_sigma(rho: torch.Tensor | float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -276,6 +333,8 @@ __all__ = [
     "ADAPTERS",
     "PipelineAdapter",
     "get_adapter",
+    "pipeline_signature",
+    "resolve_denoiser",
     "rho_to_alpha_sigma",
     "supported_pipelines",
     "training_log_rho",

@@ -1,6 +1,6 @@
 import pytest
 
-from fastsample.pipelines.call_scope import has_call_hook, on_call, remove_call_hook
+from fastsample.integration.call_scope import has_call_hook, on_call, remove_call_hook
 
 
 class Pipe:

@@ -1,4 +1,4 @@
-"""fastsample.pipelines.optimize: composition, summary, exact undo, refusal before any change."""
+"""fastsample.optimize: composition, summary, exact undo, refusal before any change."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import pytest
 
 from fastsample.cache import enable_cache
 from fastsample.guidance import APG, AdaptiveGuidance, enable_guidance
-from fastsample.pipelines.adapters import get_adapter
-from fastsample.pipelines.call_scope import has_call_hook
-from fastsample.pipelines.optimize import OptimizeHandle, _scheduler_factories, optimize
+from fastsample.integration.adapters import get_adapter
+from fastsample.integration.call_scope import has_call_hook
+from fastsample.optimize import OptimizeHandle, _scheduler_factories, optimize
 from fastsample.solvers import GHVBScheduler, HeavyBallScheduler
 from fastsample.testing import call_kwargs, tiny_pipeline
 
@@ -60,7 +60,7 @@ def test_compose_summary_undo_and_by_hand(name, caplog):
     original = pipe.scheduler
     sched, guid, cache = RECIPES[name]
 
-    with caplog.at_level(logging.INFO, logger="fastsample.pipelines.optimize"):
+    with caplog.at_level(logging.INFO, logger="fastsample.optimize"):
         handle = optimize(pipe, scheduler=sched, guidance=guid, cache=cache)
     assert not _untouched(pipe)  # the hook check sees the hooks while they are on
     optimized = _run(pipe, name)
@@ -75,8 +75,8 @@ def test_compose_summary_undo_and_by_hand(name, caplog):
     assert ("cache: FORA" in summary) == bool(cache)
     assert all(line in caplog.text for line in summary.splitlines())
 
-    handle.undo()
-    handle.undo()  # idempotent
+    handle.disable()
+    handle.disable()  # idempotent
     assert pipe.scheduler is original
     assert _untouched(pipe)
     np.testing.assert_array_equal(_run(pipe, name), baseline)
@@ -109,7 +109,7 @@ def test_scheduler_forms_and_context_manager():
     assert pipe.scheduler is original
     empty = optimize(pipe)
     assert "nothing active" in empty.summary()
-    empty.undo()
+    empty.disable()
     np.testing.assert_array_equal(_run(pipe, "dit"), baseline)
 
 
@@ -172,7 +172,7 @@ def test_attention_and_dit_savings_compose_and_undo_exactly(name):
     assert sum(line.split(": ", 1)[1].startswith("attention:") for line in lines) == 1
     assert any("dit savings:" in line for line in lines) == (name == "dit")
     composed = _run(pipe, name)
-    handle.undo()
+    handle.disable()
     assert _processors(pipe).keys() == processors.keys()
     assert all(_processors(pipe)[k] is processors[k] for k in processors)  # the same objects back
     assert _untouched(pipe)
