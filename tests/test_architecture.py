@@ -178,9 +178,13 @@ def test_root_package_imports_nothing_statically():
 
 
 def test_integration_layer_imports_only_torch_diffusers_and_stdlib():
+    """The bottom layer needs nothing beyond torch, diffusers and the standard library, except numpy and
+    safetensors (which diffusers itself requires), used by the safe file readers of ``fastsample.errors``."""
     import sys
 
-    allowed = {"torch", "diffusers", "fastsample", "__future__"} | set(sys.stdlib_module_names)
+    allowed = {"torch", "diffusers", "numpy", "safetensors", "fastsample", "__future__"} | set(
+        sys.stdlib_module_names
+    )
     for name, (path, _) in module_files().items():
         if layer_of(name)[0] != 0:
             continue
