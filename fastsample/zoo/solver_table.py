@@ -475,39 +475,11 @@ def format_markdown(table: SolverTable, command: str | None = None) -> str:
 
 # ---------------------------------------------------------------------------------------------- CLI
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """The flags shared by ``benchmarks/solver_table.py`` and ``fastsample solver-table``."""
-    parser.add_argument(
-        "--quick",
-        action="store_true",
-        help=f"a subset: rows {', '.join(QUICK_ROWS)} (+ fastsample's), NFE {QUICK_NFE_VALUES}, "
-        f"w {QUICK_GUIDANCE_SCALES}, {QUICK_SAMPLES} samples unless --samples is given",
-    )
-    parser.add_argument(
-        "--samples", type=int, default=None, help="number of samples (default 1000; quick 200)"
-    )
-    parser.add_argument("--seed", type=int, default=0, help="seed of the noise and the labels (default 0)")
-    parser.add_argument(
-        "--mixture-seed",
-        type=int,
-        default=DEFAULT_MIXTURE_SEED,
-        help=f"seed of the random mixture (default {DEFAULT_MIXTURE_SEED})",
-    )
-    parser.add_argument(
-        "--labels",
-        choices=LABEL_MODES,
-        default="uniform",
-        help="class labels: uniform over classes (default, as solvers.md §5.2) or drawn from p(y)",
-    )
-    parser.add_argument("--out", type=str, default=None, help="also write the markdown report to this path")
-    parser.add_argument(
-        "--sensitivity",
-        type=str,
-        default=None,
-        metavar="SEEDS",
-        help="also run the headline cells on these comma-separated mixture seeds, e.g. 0,1,2,3,4",
-    )
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    return parser
+    """The flags shared by ``benchmarks/solver_table.py`` and ``fastsample solver-table`` (defined once, in
+    :mod:`fastsample.cli.solver_table`)."""
+    from fastsample.cli.solver_table import add_arguments as add
+
+    return add(parser)
 
 
 def run_from_args(args: argparse.Namespace, command: str | None = None) -> str:
@@ -534,13 +506,13 @@ def run_from_args(args: argparse.Namespace, command: str | None = None) -> str:
         seed=args.seed,
         mixture_seed=args.mixture_seed,
         labels=args.labels,
-        progress=not args.no_progress,
+        progress=not args.quiet,
         **kwargs,
     )
     if seeds:
         table.extra["sensitivity_seeds"] = seeds
         table.extra["sensitivity"] = run_mixture_sensitivity(
-            seeds, num_samples=samples, seed=args.seed, labels=args.labels, progress=not args.no_progress
+            seeds, num_samples=samples, seed=args.seed, labels=args.labels, progress=not args.quiet
         )
     text = format_markdown(table, command)
     if args.out:
