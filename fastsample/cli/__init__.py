@@ -102,6 +102,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
+    if getattr(args, "_required_out", False) and args.out is None:
+        args._parser.error("the following arguments are required: --out")
     _configure_logging(args.verbose, args.debug)
     from tqdm.contrib.logging import logging_redirect_tqdm  # light; keeps log lines out of progress bars
 

@@ -107,8 +107,12 @@ def add_out(
     required: bool = False,
     metavar: str = "PATH",
 ) -> None:
-    """``--out``: where a command writes its result (``old``: former spellings kept as hidden aliases)."""
-    parser.add_argument("--out", default=default, required=required, metavar=metavar, help=help)
+    """``--out``: where a command writes its result (``old``: former spellings kept as hidden aliases; a
+    required ``--out`` given by an old spelling counts, checked by :func:`fastsample.cli.main`)."""
+    if required and old:
+        help += " (required)"
+        parser.set_defaults(_required_out=True)
+    parser.add_argument("--out", default=default, required=required and not old, metavar=metavar, help=help)
     if old:
         add_deprecated_alias(parser, *old, new="--out", dest="out")
 

@@ -103,16 +103,19 @@ def _extractor(args: argparse.Namespace):
     if weights is None and args.extractor == "inception":
         weights = os.environ.get(INCEPTION_WEIGHTS_ENV) or None
     source = "--weights" if args.weights is not None else f"${INCEPTION_WEIGHTS_ENV}"
+    expected = INCEPTION_WEIGHTS_FILENAME if args.extractor == "inception" else "a feature net .safetensors"
     if weights is not None and not Path(weights).is_file():
-        raise CommandError(source, f"weights file {weights!r} does not exist")
+        raise CommandError(source, f"weights file {weights!r} does not exist (expected {expected})")
     try:
         return get_extractor(
             args.extractor, weights=weights, preprocessing=args.preprocessing, device=args.device
         )
+    except FileNotFoundError as error:  # no weights given and none found
+        raise CommandError("--weights", str(error)) from error
     except Exception as error:  # any failure to read a named file is that file's fault, said so
         if weights is None:
             raise
-        raise CommandError(source, f"cannot load {weights!r} as {args.extractor} weights: {error}") from error
+        raise CommandError(source, f"cannot load {weights!r} as {expected}: {error}") from error
 
 
 def run(args: argparse.Namespace) -> int:

@@ -130,8 +130,12 @@ def _progress(pipe: Any, quiet: bool):
 
     from fastsample.pipelines.adapters import find_denoiser
 
-    bar = tqdm(desc="latency", unit="denoiser call", disable=quiet)
-    handle = find_denoiser(pipe, "latency").register_forward_pre_hook(lambda *_: bar.update())
+    bar = tqdm(desc="latency (denoiser calls)", unit="call", disable=quiet)
+
+    def count(*_: Any) -> None:  # a pre-hook's return value would replace the inputs: return None
+        bar.update()
+
+    handle = find_denoiser(pipe, "latency").register_forward_pre_hook(count)
     return bar, handle
 
 
