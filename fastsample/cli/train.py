@@ -207,12 +207,8 @@ def config_from_args(args: argparse.Namespace):
 
 def _check_resume(args: argparse.Namespace) -> None:
     """``--resume latest`` continues a run: with no checkpoint in ``--out`` it is refused, not silently a
-    fresh run; a named checkpoint folder must exist."""
-    if args.resume is None:
-        return
-    if args.init_from is not None:
-        raise CommandError("--resume", "not with --init-from (post-training starts a new run)")
-    if args.resume == "latest":
+    fresh run (a named checkpoint folder is checked by the trainer)."""
+    if args.resume == "latest" and args.init_from is None:  # with --init-from: the trainer refuses both
         from fastsample.training.trainer import latest_checkpoint
 
         if latest_checkpoint(args.out) is None:
@@ -220,8 +216,6 @@ def _check_resume(args: argparse.Namespace) -> None:
                 "--resume",
                 f"'latest': no checkpoint in {args.out!r} to resume; omit --resume to start a new run there",
             )
-    elif not Path(args.resume).is_dir():
-        raise CommandError("--resume", f"checkpoint folder {args.resume!r} does not exist")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -30,7 +30,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from fastsample.zoo.gmm import FAMILIES, GaussianMixture
-from fastsample.zoo.oracle import LABEL_MODES, OracleMetrics, OracleProblem, ReferenceCache, evaluate
+from fastsample.zoo.oracle import OracleMetrics, OracleProblem, ReferenceCache, evaluate
 
 logger = logging.getLogger(__name__)
 

@@ -134,7 +134,7 @@ def test_training_config_is_validated():
 
 
 def test_train_router_cli(tmp_path, capsys):
-    from fastsample.cli import build_parser
+    from fastsample.cli import build_parser, main
 
     parser = build_parser()
     args = parser.parse_args(
@@ -160,7 +160,7 @@ def test_train_router_cli(tmp_path, capsys):
     assert loaded.scheduler_class == "DDIMScheduler" and loaded.num_steps == 3
     assert "router saved" in capsys.readouterr().out
     with pytest.raises(SystemExit):
-        parser.parse_args(["train-router", "--pipeline", "fixture:dit"])  # --out is required
+        main(["train-router", "--pipeline", "fixture:dit"])  # --out is required
 
 
 def test_router_trains_on_fastsample_pixel_dit_pipeline():

@@ -1,6 +1,5 @@
 """The solver table: registry, NFE accounting, caching, formatting, script flags and the CLI subcommand."""
 
-
 import pytest
 
 import fastsample.solvers
