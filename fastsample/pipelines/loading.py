@@ -116,7 +116,7 @@ def load_pipeline(
             from fastsample.pipelines.pixel_dit import PixelDiTPipeline as cls
         else:
             from diffusers import DiffusionPipeline as cls
-        pipe = cls.from_pretrained(spec, torch_dtype=torch_dtype, local_files_only=True).to(device)
+        pipe = cls.from_pretrained(spec, local_files_only=True).to(device=device, dtype=torch_dtype)
         files = [p for p in sorted(folder.glob("*/*")) if p.suffix in (".safetensors", ".bin")]
         loaded = LoadedPipeline(
             pipe, spec, "path", None, f"{class_name} from {spec}: " + describe_files(files)
