@@ -1,5 +1,5 @@
-"""Every ```python block of README.md and docs/**/*.md runs, as written, on the tiny pipelines of
-fastsample.testing.
+"""Every ```python block of README.md, docs/index.md and docs/guides/*.md runs, as written, on the tiny
+pipelines of fastsample.testing.
 
 A block runs on the pipelines named by the ``<!-- snippet: NAME, ... -->`` line just above it (``once``: run
 once without a pipeline; ``skip: REASON``: not run, and the page must say why); a block with no such line
@@ -21,7 +21,7 @@ import pytest
 from fastsample.testing import IMAGE_SIZE, PIPELINE_NAMES, call_kwargs, tiny_pipeline
 
 ROOT = Path(__file__).resolve().parent.parent
-PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+PAGES = [ROOT / "README.md", ROOT / "docs" / "index.md", *sorted((ROOT / "docs" / "guides").glob("*.md"))]
 _BLOCK = re.compile(r"(?:<!--\s*snippet:\s*(?P<marker>[^>]*?)\s*-->\s*\n)?```python\n(?P<code>.*?)```", re.S)
 
 
