@@ -80,6 +80,9 @@ def test_latency_command_on_tiny_dit(tmp_path, capsys):
     assert _run(argv) == 0
     printed = capsys.readouterr().out
     assert "scope=end_to_end" in printed and "speedup=" in printed and "MACs per call" in printed
+    # versions, machine and peak RSS on CPU (not a peak memory of 0)
+    assert "versions: python" in printed and "diffusers" in printed and "machine: " in printed
+    assert "peak RSS of the process:" in printed and "peak_memory_MiB=0" not in printed
     raw = json.loads((out / "latency_raw.json").read_text())
     assert raw["nfe_per_call"] == 2 and raw["comparison"]["speedup"] > 0
     assert (out / "latency.md").is_file() and (out / "latency.json").is_file()
