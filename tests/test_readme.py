@@ -88,8 +88,8 @@ def test_pages_have_snippets():
                 assert marker[5:].strip(), f"{page.name}:{line}: a skipped block says why"
 
 
-@pytest.mark.parametrize("page, target, codes", list(_cases()))
-def test_snippets_run(page, target, codes):
+def run_blocks(name: str, target: str, codes: list[tuple[int, str]]) -> None:
+    """Run a page's blocks for ``target`` in one namespace (see the module docstring)."""
     if target not in ("once", "dit"):
         pytest.importorskip("transformers")
     namespace: dict = {"__name__": "__snippet__"}
@@ -100,6 +100,23 @@ def test_snippets_run(page, target, codes):
         }
     for line, code in codes:
         try:
-            exec(compile(code, f"{page.name}:{line}", "exec"), namespace)
+            exec(compile(code, f"{name}:{line}", "exec"), namespace)
         except Exception as error:
-            raise AssertionError(f"{page.name} line {line} fails on {target}: {error!r}") from error
+            raise AssertionError(f"{name} line {line} fails on {target}: {error!r}") from error
+
+
+@pytest.mark.parametrize("page, target, codes", list(_cases()))
+def test_snippets_run(page, target, codes):
+    run_blocks(page.name, target, codes)
+
+
+def test_an_untrue_snippet_fails(tmp_path):
+    """The README's old DiT call (a prompt for a class-conditional pipeline) is caught."""
+    page = tmp_path / "page.md"
+    page.write_text(
+        '<!-- snippet: dit -->\n```python\nimage = pipe("a cat", guidance_scale=15).images[0]\n```\n'
+    )
+    [(line, marker, code)] = blocks(page)
+    assert targets(marker) == ["dit"]
+    with pytest.raises(AssertionError, match="page.md line 2 fails on dit"):
+        run_blocks(page.name, "dit", [(line, code)])
