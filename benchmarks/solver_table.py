@@ -3,12 +3,13 @@
     python benchmarks/solver_table.py --quick            # a subset, under a minute
     python benchmarks/solver_table.py --out benchmarks/results/solvers.md
 
-The logic lives in :mod:`fastsample.zoo.solver_table` (also ``fastsample solver-table``).
+The same as ``fastsample solver-table`` (flags: :mod:`fastsample.cli.solver_table`); the logic lives in
+:mod:`fastsample.zoo.solver_table`.
 """
 
 import sys
 
-from fastsample.zoo.solver_table import main
+from fastsample.cli import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(["solver-table", *sys.argv[1:]]))

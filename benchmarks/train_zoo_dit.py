@@ -1,6 +1,6 @@
 """Evaluate an exported zoo DiT: class accuracy (shipped feature net) of its generated samples, and a grid.
 
-Training itself is ``fastsample train`` (``python -m fastsample.training.commands train``); the command
+Training itself is ``fastsample train`` (``python -m fastsample.cli train``); the command
 that produced the shipped weights is in ``benchmarks/results/zoo.md``. This script samples ``--per-class``
 images of each class with the exported weights (DPM-Solver++(2M) from ``scheduler_config.json``,
 ``--steps`` steps, classifier-free guidance ``--guidance``) and reports the feature net's accuracy on them::

@@ -26,6 +26,16 @@ from fastsample.solvers.presets import SHORTCUTS as SCHEDULER_SHORTCUTS
 
 logger = logging.getLogger(__name__)
 
+AUTO = "auto"
+# What "auto" picks where it applies: the bench's composed recipe (GHVB + Adaptive Guidance + FORA(2) +
+# attention "auto" + exact DiT savings).
+AUTO_CHOICES: dict[str, Any] = {
+    "scheduler": "ghvb",
+    "guidance": "ag",
+    "cache": "fora",
+    "attention": "auto",
+    "dit_savings": True,
+}
 GUIDANCE_NAMES = tuple(GUIDANCE_METHODS)  # fastsample.guidance.methods.METHODS
 # enable_cache's own keyword arguments; every other knob belongs to the cache policy.
 _CACHE_CALL_KNOBS = ("compile", "profile_macs")
@@ -167,6 +177,43 @@ def _check_dit_savings(spec: Any, pipe: Any) -> dict[str, Any] | None:
     return knobs
 
 
+def _is_dit(pipe: Any) -> tuple[bool, str]:
+    from diffusers import DiTTransformer2DModel
+
+    denoiser = resolve_denoiser(pipe, "optimize", require_adapter=True)
+    return isinstance(denoiser, DiTTransformer2DModel), type(denoiser).__name__
+
+
+def resolve_auto(pipe: Any, **requested: Any) -> tuple[dict[str, Any], list[str], list[str]]:
+    """Replace each ``"auto"`` in ``requested`` (``scheduler``, ``guidance``, ``cache``, ``attention``,
+    ``dit_savings``) by what applies to ``pipe`` (:data:`AUTO_CHOICES`), or by "off" where it does not.
+
+    Returns the resolved arguments, the ``"name=choice"`` strings chosen and the ``"name (reason)"`` strings
+    skipped. The rules: a feature cache needs a diffusion transformer (not SD/SDXL's UNet); the exact DiT
+    savings need a ``DiTTransformer2DModel`` (DiT, PixelDiT); the scheduler, guidance and attention choices
+    apply to every supported pipeline.
+    """
+    adapter = get_adapter(pipe)
+    resolved, chosen, skipped = dict(requested), [], []
+    for name, value in requested.items():
+        if not (isinstance(value, str) and value == AUTO):
+            continue
+        reason = None
+        if name == "cache" and adapter.denoiser_attr == "unet":
+            reason = "the denoiser is a UNet; the feature cache works on diffusion transformers"
+        elif name == "dit_savings":
+            is_dit, kind = _is_dit(pipe)
+            if not is_dit:
+                reason = f"{kind} is not a DiTTransformer2DModel"
+        if reason is None:
+            resolved[name] = AUTO_CHOICES[name]
+            chosen.append(f"{name}={AUTO_CHOICES[name]}")
+        else:
+            resolved[name] = False if name == "dit_savings" else None
+            skipped.append(f"{name} ({reason})")
+    return resolved, chosen, skipped
+
+
 @dataclass(repr=False, eq=False)
 class OptimizeHandle(Handle):
     """What :func:`optimize` turned on; ``disable()`` restores the pipeline exactly (the
@@ -204,28 +251,38 @@ class OptimizeHandle(Handle):
 
 def optimize(
     pipe: Any,
-    scheduler: Any = None,
-    guidance: Any = None,
-    cache: Any = None,
-    attention: Any = None,
-    dit_savings: Any = False,
+    scheduler: Any = AUTO,
+    guidance: Any = AUTO,
+    cache: Any = AUTO,
+    attention: Any = AUTO,
+    dit_savings: Any = AUTO,
 ) -> OptimizeHandle:
     """Compose fastsample's capabilities on ``pipe``; undo with ``handle.disable()`` or a ``with`` block.
 
+    Every argument defaults to ``"auto"``: what applies to this pipeline is chosen (:data:`AUTO_CHOICES`:
+    GHVB, Adaptive Guidance, FORA interval 2, attention ``"auto"``, exact DiT savings) and what does not is
+    left out (the cache on UNet pipelines, the DiT savings on anything but a ``DiTTransformer2DModel``), with
+    one INFO log line saying what was chosen and what was skipped and why (:func:`resolve_auto`). So
+    ``optimize(pipe)`` works on every supported pipeline; an explicit request that cannot apply still raises.
+    Pass ``None`` (``False`` for ``dit_savings``) to leave a component out.
+
     Args:
         pipe: a supported pipeline (:func:`fastsample.integration.adapters.supported_pipelines`).
-        scheduler: ``None`` (keep), a scheduler instance, a scheduler class (``cls.from_config(
+        scheduler: ``"auto"``, ``None`` (keep), a scheduler instance, a scheduler class (``cls.from_config(
             pipe.scheduler.config)``) or a shortcut: ``"ghvb"`` (GHVB order 1.8, Karras grid), ``"hb"``
             (PLMS4 + Heavy Ball 0.8), ``"plms"`` (PLMS4), ``"dpm++2m-hb"`` (DPM-Solver++ 2M + Heavy Ball 0.8).
-        guidance: ``None``, a :mod:`fastsample.guidance` method object or one of :data:`GUIDANCE_NAMES`
-            (built with its defaults; the scale stays the pipeline's ``guidance_scale``).
-        cache: ``None``, a method name (``"fora"``, ``"dynamic"``, ``"harmonica"``, ``"static"``, ``"none"``),
-            ``(name, knobs_dict)`` or a ``CachePolicy``; refused for UNet pipelines (SD, SDXL).
-        attention: ``None``, a :func:`fastsample.kernels.set_attention` backend (``"auto"``, ``"sdpa"``,
+        guidance: ``"auto"``, ``None``, a :mod:`fastsample.guidance` method object or one of
+            :data:`GUIDANCE_NAMES` (built with its defaults; the scale stays the pipeline's
+            ``guidance_scale``).
+        cache: ``"auto"``, ``None``, a method name (``"fora"``, ``"dynamic"``, ``"harmonica"``,
+            ``"static"``, ``"none"``), ``(name, knobs_dict)`` or a ``CachePolicy``; refused for UNet
+            pipelines (SD, SDXL).
+        attention: ``None`` or a :func:`fastsample.kernels.set_attention` backend (``"auto"``, ``"sdpa"``,
             ``"xformers"``, ``"triton"``) or ``(backend, knobs)`` with ``knobs`` from ``{"kernels": [...]}``
             (an SDPA kernel subset) and ``{"fused_prologue": bool}`` (Flux's fused QK RMSNorm + RoPE).
-        dit_savings: ``True`` (or a dict of :func:`fastsample.kernels.enable_dit_savings` keywords) for the
-            exact DiT savings: one timestep/label embedding per step, one batched adaLN matmul; DiT only
+        dit_savings: ``"auto"``, ``False``, ``True`` (or a dict of
+            :func:`fastsample.kernels.enable_dit_savings` keywords) for the exact DiT savings: one
+            timestep/label embedding per step, one batched adaLN matmul; DiT only
             (``{"fused_modulate": True, "fused_gated_residual": True}`` adds the Triton fusions).
 
     Applied in the order scheduler, guidance, attention, DiT savings, cache (a block-level cache wraps the
@@ -235,6 +292,16 @@ def optimize(
     the pieces already applied are undone before the error propagates.
     """
     adapter = get_adapter(pipe)
+    requested = {
+        "scheduler": scheduler,
+        "guidance": guidance,
+        "cache": cache,
+        "attention": attention,
+        "dit_savings": dit_savings,
+    }
+    resolved, chosen, skipped = resolve_auto(pipe, **requested)
+    scheduler, guidance, cache = resolved["scheduler"], resolved["guidance"], resolved["cache"]
+    attention, dit_savings = resolved["attention"], resolved["dit_savings"]
     attention_plan = _check_attention(attention)
     savings_plan = _check_dit_savings(dit_savings, pipe)
     new_scheduler = _build_scheduler(scheduler, pipe)
@@ -245,6 +312,13 @@ def optimize(
     from fastsample.guidance import enable_guidance
 
     name = type(pipe).__name__
+    if chosen or skipped:
+        logger.info(
+            "fastsample.optimize on %s, auto: chose %s; skipped %s",
+            name,
+            ", ".join(chosen) or "nothing",
+            "; ".join(skipped) or "nothing",
+        )
     handle = OptimizeHandle(pipe=pipe, original_scheduler=pipe.scheduler)
     try:
         if new_scheduler is not None:
@@ -284,7 +358,15 @@ def optimize(
     return handle
 
 
-__all__ = ["GUIDANCE_NAMES", "SCHEDULER_SHORTCUTS", "OptimizeHandle", "optimize"]
+__all__ = [
+    "AUTO",
+    "AUTO_CHOICES",
+    "GUIDANCE_NAMES",
+    "SCHEDULER_SHORTCUTS",
+    "OptimizeHandle",
+    "optimize",
+    "resolve_auto",
+]
 
 
 class _CallableModule(types.ModuleType):

@@ -241,7 +241,7 @@ def test_the_checks_see_relative_function_level_and_upward_imports(tmp_path):
     ("module", "layer"),
     [
         ("fastsample.integration.adapters", "integration"),
-        ("fastsample.cache.commands", "applications"),
+        ("fastsample.cli.bench", "applications"),
         ("fastsample.eval.bench", "applications"),
         ("fastsample.eval.latency", "evaluation and training"),
         ("fastsample.optimize", "composition"),

@@ -11,7 +11,8 @@ from fastsample.cache import enable_cache
 from fastsample.guidance import APG, AdaptiveGuidance, enable_guidance
 from fastsample.integration.adapters import get_adapter
 from fastsample.integration.call_scope import has_call_hook
-from fastsample.optimize import OptimizeHandle, _scheduler_factories, optimize
+from fastsample.optimize import OptimizeHandle, _scheduler_factories
+from fastsample.optimize import optimize as _optimize
 from fastsample.solvers import GHVBScheduler, HeavyBallScheduler
 from fastsample.testing import call_kwargs, tiny_pipeline
 
@@ -36,6 +37,13 @@ RECIPES = {
     "sd": ("hb", "ag", None),
 }
 GUIDANCE = {"apg": APG, "ag": AdaptiveGuidance}
+# These tests compose explicit pieces: every component not named is off (the defaults are "auto", tested
+# in test_optimize_auto.py).
+OFF = {"scheduler": None, "guidance": None, "cache": None, "attention": None, "dit_savings": False}
+
+
+def optimize(pipe, **kwargs):
+    return _optimize(pipe, **{**OFF, **kwargs})
 
 
 def _run(pipe, name):

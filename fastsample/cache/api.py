@@ -55,12 +55,22 @@ def make_policy(method: str | CachePolicy, **knobs: Any) -> CachePolicy:
     cls = POLICIES.get(method.lower())
     if cls is None:
         raise ValueError(f"unknown cache method {method!r}; choose one of {METHODS} or pass a CachePolicy.")
-    allowed = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
+    parameters = {name: p for name, p in inspect.signature(cls.__init__).parameters.items() if name != "self"}
+    allowed = list(parameters)
     unknown = sorted(set(knobs) - set(allowed))
     if unknown:
         raise TypeError(
             f"cache method {method!r} got unknown knob(s) {unknown}; it accepts {allowed} "
             "(plus `compile` and `profile_macs` for every method)."
+        )
+    named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    missing = [n for n, p in parameters.items() if p.kind in named and p.default is p.empty]
+    missing = [n for n in missing if n not in knobs]
+    if missing:
+        hint = " (a RouterArtifact: train one with `fastsample train-router`)" if "router" in missing else ""
+        raise TypeError(
+            f"cache method {method!r} needs {', '.join(missing)}{hint}: "
+            f"enable_cache(pipe, {method!r}, {missing[0]}=...)."
         )
     return cls(**knobs)
 

@@ -21,21 +21,14 @@ Pareto front) and ``grids/<recipe>.png`` (one row per class).
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import datetime
-import hashlib
-import importlib.resources
 import importlib.util
 import json
 import logging
-import math
 import os
 import platform
-import shlex
 import statistics
-import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -56,7 +49,6 @@ __all__ = [
     "RECIPES",
     "BenchSettings",
     "Recipe",
-    "register",
     "run_bench",
 ]
 
@@ -223,50 +215,25 @@ class BenchSettings:
         return out
 
 
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _describe_files(paths: Sequence[Path]) -> str:
-    parts = []
-    for path in paths:
-        modified = datetime.datetime.fromtimestamp(path.stat().st_mtime, datetime.UTC)
-        parts.append(f"{path.name} sha256 {_file_sha256(path)[:16]} (modified {modified:%Y-%m-%d %H:%M} UTC)")
-    return "; ".join(parts) or "no weights files found"
-
-
 def load_pipeline(settings: BenchSettings) -> tuple[Any, str]:
-    """The pipeline to benchmark and a description of the weights it runs (file hashes and dates)."""
-    dtype = getattr(torch, settings.dtype)
-    if settings.pipeline is None:
-        from fastsample.zoo.default import DIT_WEIGHTS_FILE, load_default_pipeline
+    """The pipeline to benchmark (``settings.pipeline``: ``None`` for the embedded default, or a saved
+    ``PixelDiTPipeline`` folder) and a description of the weights it runs (file hashes and dates), through
+    :func:`fastsample.cli.loading.load_pipeline`."""
+    from fastsample.cli.loading import EMBEDDED
+    from fastsample.cli.loading import load_pipeline as load
 
-        resource = importlib.resources.files("fastsample.zoo").joinpath("weights", DIT_WEIGHTS_FILE)
-        with importlib.resources.as_file(resource) as path:
-            described = "embedded default DiT: " + _describe_files([Path(path)])
-        pipe = load_default_pipeline(device=settings.device, dtype=dtype)
-    else:
-        from fastsample.pipelines.pixel_dit import PixelDiTPipeline
-
-        pipe = PixelDiTPipeline.from_pretrained(settings.pipeline, torch_dtype=dtype).to(settings.device)
-        files = sorted(settings.pipeline.glob("transformer/*.safetensors")) or sorted(
-            settings.pipeline.glob("transformer/*.bin")
-        )
-        described = f"PixelDiTPipeline from {settings.pipeline}: " + _describe_files(files)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe, described
+    spec = EMBEDDED if settings.pipeline is None else str(settings.pipeline)
+    loaded = load(spec, device=settings.device, dtype=settings.dtype)
+    return loaded.pipe, loaded.description
 
 
 def _balanced_labels(samples: int, num_classes: int) -> torch.Tensor:
     return torch.arange(samples) % num_classes
 
 
-def run_bench(settings: BenchSettings, command: str = "") -> dict[str, Any]:
-    """Run every recipe of ``settings``, write the report folder and return the results dict."""
+def run_bench(settings: BenchSettings, command: str = "", progress: bool = True) -> dict[str, Any]:
+    """Run every recipe of ``settings``, write the report folder and return the results dict (``progress``:
+    show a progress bar)."""
     from tqdm.auto import tqdm
 
     from fastsample.eval.extractors import InDomainExtractor
@@ -330,7 +297,7 @@ def run_bench(settings: BenchSettings, command: str = "") -> dict[str, Any]:
         return out.float().cpu(), seconds, counter.count, evaluated, hit
 
     total = len(settings.recipes) * (len(batches) + 1)
-    with tqdm(total=total, desc="bench", unit="batch") as bar:
+    with tqdm(total=total, desc="bench", unit="batch", disable=not progress) as bar:
         for recipe in settings.recipes:  # untimed warm-up at the exact shape of the timed batches
             bar.set_postfix_str(f"warm-up {recipe.name}")
             sample(recipe, *batches[0])
@@ -485,145 +452,3 @@ def _write(
     json_path.unlink()
     results.update(verdict=verdict, settings=settings.to_dict(), plot=paths["plot"].name)
     return results
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Command line
-# ---------------------------------------------------------------------------------------------------------
-DEFAULT_SAMPLES = 200
-QUICK_SAMPLES = 4
-DEFAULT_BATCH_SIZE = 40
-DTYPES = ("float32", "float16", "bfloat16")
-
-
-def _settings_from_args(args: argparse.Namespace) -> BenchSettings:
-    if args.configs:
-        names = [name.strip() for name in args.configs.split(",") if name.strip()]
-        unknown = [name for name in names if name not in RECIPES]
-        if unknown or not names:
-            raise ValueError(
-                f"--configs: unknown config(s) {unknown or names}; choose from {sorted(RECIPES)}"
-            )
-        table = QUICK_RECIPES if args.quick else DEFAULT_RECIPES
-        baseline = table[0]
-        recipes = tuple(RECIPES[name] for name in dict.fromkeys(names) if name != baseline.name)
-        recipes = (baseline, *recipes)  # ratios need the baseline in the same run
-    else:
-        recipes = QUICK_RECIPES if args.quick else DEFAULT_RECIPES
-    samples = args.samples if args.samples is not None else (QUICK_SAMPLES if args.quick else DEFAULT_SAMPLES)
-    if samples < 2:
-        raise ValueError(f"--samples must be >= 2 (a Fréchet distance needs a covariance), got {samples}")
-    batch_size = args.batch_size if args.batch_size is not None else min(samples, DEFAULT_BATCH_SIZE)
-    if batch_size < 1:
-        raise ValueError(f"--batch-size must be >= 1, got {batch_size}")
-    reference = (
-        args.reference_samples if args.reference_samples is not None else (200 if args.quick else 2000)
-    )
-    if reference < 2:
-        raise ValueError(f"--reference-samples must be >= 2, got {reference}")
-    if not math.isfinite(args.guidance_scale) or args.guidance_scale <= 1:
-        raise ValueError(
-            "--guidance-scale must be > 1 (every row uses classifier-free guidance), "
-            f"got {args.guidance_scale}"
-        )
-    if args.fd_tolerance < 0:
-        raise ValueError(f"--fd-tolerance must be >= 0, got {args.fd_tolerance}")
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"--device {args.device}: CUDA is not available on this machine")
-    pipeline = None
-    if args.pipeline is not None:
-        pipeline = Path(args.pipeline)
-        if not (pipeline / "model_index.json").is_file():
-            raise ValueError(
-                f"--pipeline {args.pipeline}: not a saved pipeline folder (no model_index.json); "
-                "save one with PixelDiTPipeline.save_pretrained"
-            )
-    return BenchSettings(
-        out=Path(args.out),
-        recipes=recipes,
-        samples=samples,
-        batch_size=min(batch_size, samples),
-        reference_samples=reference,
-        guidance_scale=float(args.guidance_scale),
-        seed=args.seed,
-        device=args.device,
-        dtype=args.dtype,
-        pipeline=pipeline,
-        fd_tolerance=args.fd_tolerance,
-    )
-
-
-def _core_count() -> int:
-    """CPU cores this process may use (its affinity mask where the OS exposes one)."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
-    return value
-
-
-def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add the ``bench`` subcommand."""
-    parser = subparsers.add_parser(
-        "bench",
-        help="diffusers baselines vs fastsample recipes: latency ratio, NFE, FD, accuracy, saturation",
-        description="Run the benchmark table on the embedded default (or --pipeline) and write a report "
-        f"folder. Configs: {', '.join(RECIPES)}.",
-    )
-    parser.add_argument(
-        "--out", default="fastsample-bench", help="report folder (default ./fastsample-bench)"
-    )
-    parser.add_argument(
-        "--samples",
-        type=_positive_int,
-        default=None,
-        help=f"generated images per config (default {DEFAULT_SAMPLES}; {QUICK_SAMPLES} with --quick)",
-    )
-    parser.add_argument("--batch-size", type=_positive_int, default=None, help="images per pipeline call")
-    parser.add_argument("--reference-samples", type=_positive_int, default=None, help="real images (2000)")
-    parser.add_argument("--quick", action="store_true", help="tiny run: 3 configs, 4 samples, 2-4 steps")
-    parser.add_argument("--configs", default=None, help="comma-separated config names (baseline always runs)")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dtype", default="float32", choices=DTYPES)
-    parser.add_argument("--pipeline", default=None, help="local PixelDiTPipeline folder (save_pretrained)")
-    parser.add_argument("--guidance-scale", type=float, default=4.0, help="CFG scale of every row (4.0)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument(
-        "--threads",
-        type=_positive_int,
-        default=None,
-        help="torch CPU threads (default: all cores of this process; on a busy machine use the free cores)",
-    )
-    parser.add_argument(
-        "--fd-tolerance",
-        type=float,
-        default=0.1,
-        help="relative FD margin for 'matches the baseline' in the verdict (0.1 = +10 %%)",
-    )
-    parser.set_defaults(func=run_bench_command)
-
-
-def run_bench_command(args: argparse.Namespace) -> int:
-    """Handler of ``fastsample bench``: validate flags, run, print where the report is."""
-    try:
-        settings = _settings_from_args(args)
-    except ValueError as error:
-        print(f"fastsample bench: error: {error}", file=sys.stderr)
-        return 2
-    previous_threads = torch.get_num_threads()
-    torch.set_num_threads(args.threads or _core_count())
-    try:
-        results = run_bench(settings, command=shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]))
-    finally:
-        torch.set_num_threads(previous_threads)
-    print(results["verdict"])
-    print(f"report: {settings.out / 'report.md'} ({results['wall_time_s']:.0f} s)")
-    return 0

@@ -163,9 +163,17 @@ def get_extractor(
     preprocessing: str = "pytorch-fid",
     device: torch.device | str | None = None,
 ) -> FeatureExtractor:
-    """Build a named extractor: ``"inception"`` (FID) or ``"in-domain"`` (the zoo's feature net)."""
+    """Build a named extractor: ``"inception"`` (FID) or ``"in-domain"`` (the zoo's feature net).
+
+    ``weights``: for ``"inception"`` a local Inception file (else ``$FASTSAMPLE_INCEPTION_WEIGHTS``); for
+    ``"in-domain"`` a feature net file written by ``fastsample train-featurenet`` (else the shipped one).
+    """
     if name == "inception":
         return InceptionExtractor(weights=weights, preprocessing=preprocessing, device=device)
     if name == "in-domain":
-        return InDomainExtractor(device=device)
+        if weights is None:
+            return InDomainExtractor(device=device)
+        from fastsample.zoo.featurenet import load_feature_net_file
+
+        return InDomainExtractor(load_feature_net_file(weights, device=device), device=device)
     raise ValueError(f"Unknown extractor {name!r}; choose one of {EXTRACTOR_NAMES}.")

@@ -36,7 +36,8 @@ class GuidanceContext:
 
     Args:
         x: the model input of ONE half (B, ...), i.e. x_t for each sample.
-        alpha, sigma: scalars or (B,) tensors with x_t = α x0 + σ ε.
+        alpha: scalar or (B,) tensor α with x_t = α x0 + σ ε.
+        sigma: scalar or (B,) tensor σ of the same relation.
         parameterization: ``"epsilon"``, ``"v_prediction"``, ``"sample"`` or ``"flow"``.
         guidance_scale: the scale w the method should use (the method's own or the pipeline's).
         step: index of this guided evaluation within the current generation (0-based).

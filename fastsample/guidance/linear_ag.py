@@ -97,7 +97,7 @@ class LinearAG(GuidanceMethod):
 
     Args:
         coefficients: a :class:`LinearAGCoefficients` (from :meth:`fit` or
-        ``LinearAGCoefficients.from_pretrained``).
+            ``LinearAGCoefficients.from_pretrained``).
         guidance_scale: w ≥ 1 (``None``: the pipeline's).
     """
 

@@ -225,7 +225,11 @@ class AdaptiveGuidance(GuidanceMethod):
         self, guidance_scale: float | None = None, threshold: float = 0.99, repack: bool = True
     ) -> None:
         super().__init__(guidance_scale)
-        if not (isinstance(threshold, (int, float)) and 0.0 < threshold <= 1.0):
+        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)):
+            raise TypeError(
+                f"threshold (γ̄) must be a number in (0, 1], got {type(threshold).__name__} {threshold!r}."
+            )
+        if not 0.0 < threshold <= 1.0:
             raise ValueError(f"threshold (γ̄) must be in (0, 1], got {threshold}.")
         if not isinstance(repack, bool):
             raise TypeError(f"repack must be a bool, got {type(repack).__name__}.")

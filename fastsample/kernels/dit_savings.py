@@ -386,7 +386,13 @@ def enable_dit_savings(
     if shared_embedding:
         desc += f", {n_groups} distinct embedding(s) computed once per forward (was {len(norms) + 1})"
         if n_groups == len(norms) > 1:
-            logger.warning("enable_dit_savings: every block has its own embedding weights, none is shared")
+            logger.warning(
+                "enable_dit_savings: every block has its own embedding weights, so no block shares one; the "
+                "only embedding saved is the output layer's recomputation of block 0's (%d computed instead "
+                "of %d per forward)",
+                n_groups,
+                len(norms) + 1,
+            )
     if batch is not None:
         desc += ", adaLN projections in 1 " + ("matmul" if batch.shared else "batched matmul (bmm)")
     logger.info(desc)

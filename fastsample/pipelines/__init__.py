@@ -1,1 +1,1 @@
-"""Pipelines fastsample defines itself (the pixel-space DiT pipeline)."""
+"""Pipelines fastsample defines itself: the pixel-space DiT pipeline."""

@@ -12,13 +12,12 @@ look at colour only, and its features would not tell a square from a blob of the
 therefore shows half of the images in greyscale (same label), which forces shape and texture features too;
 the network still classifies colour images from either cue.
 
-``fastsample train-featurenet`` (``register``) retrains the shipped weights from scratch: fresh procedural
-samples every step, one CPU thread, a few minutes.
+``fastsample train-featurenet`` (:mod:`fastsample.cli.train_featurenet`) retrains the shipped weights from
+scratch: fresh procedural samples every step, one CPU thread, a few minutes.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import math
@@ -215,67 +214,3 @@ def load_feature_net_file(path: str | Path, device: str | torch.device | None = 
     with reading(path, expected):
         net.load_state_dict(state, strict=True)
     return net.to(device).eval() if device is not None else net.eval()
-
-
-# ----------------------------------------------------------------------------------------------------------
-# CLI: `fastsample train-featurenet`
-def _default_weights_path() -> Path:
-    return Path(__file__).resolve().parent / "weights" / "featurenet.safetensors"
-
-
-def _run_train(args: argparse.Namespace) -> int:
-    torch.set_num_threads(args.threads)
-    net, summary = train_feature_net(
-        steps=args.steps,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        grey_fraction=args.grey_fraction,
-        seed=args.seed,
-    )
-    accuracy = evaluate_accuracy(net, n=args.eval_samples, seed=args.eval_seed)
-    grey_accuracy = evaluate_accuracy(net, n=args.eval_samples, seed=args.eval_seed, greyscale=True)
-    summary.update(
-        seed=args.seed,
-        lr=args.lr,
-        grey_fraction=args.grey_fraction,
-        eval_seed=args.eval_seed,
-        eval_samples=args.eval_samples,
-        accuracy=accuracy,
-        greyscale_accuracy=grey_accuracy,
-        torch_threads=args.threads,
-        torch_version=torch.__version__,
-    )
-    save_feature_net(net, args.out, metadata=summary)
-    print(json.dumps(summary, indent=2))
-    print(f"wrote {args.out}")
-    return 0
-
-
-def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add ``fastsample train-featurenet`` (retrains the shipped feature net from scratch)."""
-    parser = subparsers.add_parser(
-        "train-featurenet",
-        help="train the in-domain feature/classifier network on the procedural zoo data",
-        description="Train FeatureNet on fresh procedural samples and write its safetensors weights.",
-    )
-    parser.add_argument("--steps", type=int, default=1500)
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--lr", type=float, default=2e-3)
-    parser.add_argument(
-        "--grey-fraction", type=float, default=0.5, help="share of each batch shown in greyscale"
-    )
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
-    parser.add_argument("--eval-samples", type=int, default=5000, help="fresh samples for held-out accuracy")
-    parser.add_argument("--eval-seed", type=int, default=2024, help="seed of the held-out samples")
-    parser.add_argument("--out", type=Path, default=_default_weights_path(), help="output .safetensors path")
-    parser.set_defaults(func=_run_train)
-
-
-if __name__ == "__main__":  # pragma: no cover - convenience entry point: python -m fastsample.zoo.featurenet
-    import sys
-
-    main_parser = argparse.ArgumentParser(prog="python -m fastsample.zoo.featurenet")
-    register(main_parser.add_subparsers(dest="command", required=True))
-    namespace = main_parser.parse_args(sys.argv[1:] or ["train-featurenet"])
-    sys.exit(namespace.func(namespace))

@@ -27,14 +27,13 @@ import logging
 import math
 import os
 import platform
-import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from fastsample.integration.measure import Stopwatch
 from fastsample.solvers.presets import SolverEntry
 from fastsample.zoo.gmm import GaussianMixture
-from fastsample.zoo.oracle import LABEL_MODES, OracleMetrics, OracleProblem, ReferenceCache, evaluate
+from fastsample.zoo.oracle import OracleMetrics, OracleProblem, ReferenceCache, evaluate
 
 logger = logging.getLogger(__name__)
 
@@ -456,43 +455,6 @@ def format_markdown(table: SolverTable, command: str | None = None) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- CLI
-def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """The flags shared by ``benchmarks/solver_table.py`` and ``fastsample solver-table``."""
-    parser.add_argument(
-        "--quick",
-        action="store_true",
-        help=f"a subset: rows {', '.join(QUICK_ROWS)} (+ fastsample's), NFE {QUICK_NFE_VALUES}, "
-        f"w {QUICK_GUIDANCE_SCALES}, {QUICK_SAMPLES} samples unless --samples is given",
-    )
-    parser.add_argument(
-        "--samples", type=int, default=None, help="number of samples (default 1000; quick 200)"
-    )
-    parser.add_argument("--seed", type=int, default=0, help="seed of the noise and the labels (default 0)")
-    parser.add_argument(
-        "--mixture-seed",
-        type=int,
-        default=DEFAULT_MIXTURE_SEED,
-        help=f"seed of the random mixture (default {DEFAULT_MIXTURE_SEED})",
-    )
-    parser.add_argument(
-        "--labels",
-        choices=LABEL_MODES,
-        default="uniform",
-        help="class labels: uniform over classes (default, as in docs/design/solvers.md#reading-the-table) "
-        "or drawn from p(y)",
-    )
-    parser.add_argument("--out", type=str, default=None, help="also write the markdown report to this path")
-    parser.add_argument(
-        "--sensitivity",
-        type=str,
-        default=None,
-        metavar="SEEDS",
-        help="also run the headline cells on these comma-separated mixture seeds, e.g. 0,1,2,3,4",
-    )
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    return parser
-
-
 def run_from_args(args: argparse.Namespace, command: str | None = None) -> str:
     """Run the table for parsed flags, write ``--out`` if given, and return the markdown."""
     samples = args.samples if args.samples is not None else (QUICK_SAMPLES if args.quick else 1000)
@@ -517,13 +479,13 @@ def run_from_args(args: argparse.Namespace, command: str | None = None) -> str:
         seed=args.seed,
         mixture_seed=args.mixture_seed,
         labels=args.labels,
-        progress=not args.no_progress,
+        progress=not args.quiet,
         **kwargs,
     )
     if seeds:
         table.extra["sensitivity_seeds"] = seeds
         table.extra["sensitivity"] = run_mixture_sensitivity(
-            seeds, num_samples=samples, seed=args.seed, labels=args.labels, progress=not args.no_progress
+            seeds, num_samples=samples, seed=args.seed, labels=args.labels, progress=not args.quiet
         )
     text = format_markdown(table, command)
     if args.out:
@@ -532,13 +494,3 @@ def run_from_args(args: argparse.Namespace, command: str | None = None) -> str:
             f.write(text)
         logger.info("wrote %s", args.out)
     return text
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``benchmarks/solver_table.py``: prints the markdown table."""
-    parser = add_arguments(argparse.ArgumentParser(description=__doc__.split("\n\n")[0]))
-    argv = list(sys.argv[1:] if argv is None else argv)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    print(run_from_args(args, " ".join(["python benchmarks/solver_table.py", *argv])))
-    return 0

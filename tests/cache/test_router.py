@@ -1,6 +1,5 @@
 """HarmoniCa: router artifact, mismatch refusal, inference schedule, SDT+IEPO training, CLI."""
 
-import argparse
 import json
 
 import numpy as np
@@ -135,15 +134,15 @@ def test_training_config_is_validated():
 
 
 def test_train_router_cli(tmp_path, capsys):
-    from fastsample.cache.commands import register
+    from fastsample.cli import build_parser, main
 
-    parser = argparse.ArgumentParser()
-    register(parser.add_subparsers())
+    parser = build_parser()
     args = parser.parse_args(
         [
             "train-router",
+            "--pipeline",
             "fixture:dit",
-            "-o",
+            "--out",
             str(tmp_path),
             "--steps",
             "3",
@@ -161,7 +160,7 @@ def test_train_router_cli(tmp_path, capsys):
     assert loaded.scheduler_class == "DDIMScheduler" and loaded.num_steps == 3
     assert "router saved" in capsys.readouterr().out
     with pytest.raises(SystemExit):
-        parser.parse_args(["train-router", "fixture:dit"])  # --output is required
+        main(["train-router", "--pipeline", "fixture:dit"])  # --out is required
 
 
 def test_router_trains_on_fastsample_pixel_dit_pipeline():

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 
 import numpy as np
 import pytest
 import torch
 
+from fastsample.cli import build_parser, main
 from fastsample.eval import bench
 from fastsample.testing import tiny_pixel_dit_transformer
 
@@ -31,15 +31,8 @@ def tiny_pipeline_dir(tmp_path_factory):
     return path
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fastsample")
-    bench.register(parser.add_subparsers(dest="command"))
-    return parser
-
-
 def _run(argv: list[str]) -> int:
-    args = _parser().parse_args(["bench", *argv])
-    return args.func(args)
+    return main(["bench", *argv])
 
 
 @pytest.fixture(scope="module")
@@ -144,18 +137,19 @@ def test_unknown_config_is_refused(tmp_path, capsys):
 @pytest.mark.parametrize("flag", [["--samples", "0"], ["--samples", "-3"], ["--batch-size", "0"]])
 def test_non_positive_counts_are_refused(flag, capsys):
     with pytest.raises(SystemExit) as error:
-        _parser().parse_args(["bench", *flag])
+        build_parser().parse_args(["bench", *flag])
     assert error.value.code == 2
     assert "expected an integer >= 1" in capsys.readouterr().err
 
 
 def test_other_bad_flags(tmp_path, capsys):
     assert _run(["--samples", "1", "--out", str(tmp_path)]) == 2
-    assert "--samples must be >= 2" in capsys.readouterr().err
+    assert "argument --samples: must be >= 2" in capsys.readouterr().err
     assert _run(["--guidance-scale", "1.0", "--out", str(tmp_path)]) == 2
-    assert "--guidance-scale must be > 1" in capsys.readouterr().err
+    assert "argument --guidance-scale: must be > 1" in capsys.readouterr().err
     assert _run(["--pipeline", str(tmp_path), "--out", str(tmp_path)]) == 2
-    assert "not a saved pipeline folder" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "argument --pipeline" in err and "no model_index.json" in err
 
 
 def test_image_grid_rows_are_classes():

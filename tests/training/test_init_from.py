@@ -70,8 +70,8 @@ def test_post_training_starts_from_the_source_and_runs(source, tmp_path):
         "--init-from",
         str(checkpoint),
     ]
-    argv = ["train", "--output-dir", str(out), "--steps", "1", "--no-progress", "--batch-size", "4"]
-    from fastsample.training.commands import main
+    argv = ["train", "--out", str(out), "--train-steps", "1", "--quiet", "--batch-size", "4"]
+    from fastsample.cli import main
 
     assert main(argv + flags) == 0  # no architecture flags: they come from the source
     assert not (out / "checkpoint-4").exists() and (out / "checkpoint-1").exists()
@@ -127,9 +127,9 @@ def test_refusals(source, tmp_path, capsys, extra, message):
 def test_architecture_mismatch_refused(source, tmp_path, capsys, target):
     path = source / "run" / "checkpoint-3" if target == "checkpoint" else source / "export"
     argv = ["--width", "64", "--head-dim", "16", "--init-from", str(path)]
-    from fastsample.training.commands import main
+    from fastsample.cli import main
 
-    code = main(["train", "--output-dir", str(tmp_path / "bad"), "--steps", "1", "--no-progress", *argv])
+    code = main(["train", "--out", str(tmp_path / "bad"), "--train-steps", "1", "--quiet", *argv])
     assert code == 2
     err = capsys.readouterr().err
     assert "width: requested 64, source 32" in err

@@ -1,4 +1,3 @@
-import argparse
 import json
 import os
 import shutil
@@ -8,7 +7,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from fastsample.training.commands import main, register
+from fastsample.cli import build_parser, main
 from fastsample.training.trainer import (
     CONFIG_FILE,
     SCHEDULER_FILE,
@@ -22,7 +21,7 @@ TINY = ["--width", "32", "--head-dim", "16", "--depth", "1", "--patch-size", "8"
 
 
 def run_train(out, steps, *extra):
-    argv = ["train", "--output-dir", str(out), "--steps", str(steps), "--no-progress", "--log-every", "1"]
+    argv = ["train", "--out", str(out), "--train-steps", str(steps), "--quiet", "--log-every", "1"]
     return main(argv + TINY + list(extra))
 
 
@@ -50,10 +49,10 @@ def assert_same(a, b, where=""):
 
 
 def test_register_adds_train_subcommand():
-    parser = argparse.ArgumentParser()
-    register(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["train", "--steps", "3", "--weighting", "none", "--sampler", "cosmap"])
-    assert args.steps == 3 and args.weighting == "none" and args.sampler == "cosmap" and callable(args.func)
+    parser = build_parser()
+    args = parser.parse_args(["train", "--train-steps", "3", "--weighting", "none", "--sampler", "cosmap"])
+    assert args.train_steps == 3 and args.weighting == "none" and args.sampler == "cosmap"
+    assert callable(args.func)
 
 
 def test_train_export_and_bit_exact_resume(tmp_path):
@@ -146,8 +145,8 @@ def test_two_cpu_processes_under_accelerate_launch(tmp_path):
     cmd = [
         "accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
         "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29517",
-        "-m", "fastsample.training.commands", "train", "--output-dir", str(out), "--steps", "3",
-        "--no-progress", *TINY,
+        "-m", "fastsample.cli", "train", "--out", str(out), "--train-steps", "3",
+        "--quiet", *TINY,
     ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, cwd=os.getcwd())

@@ -3,8 +3,6 @@ weights classify fresh procedural samples (a seed never used in training)."""
 
 from __future__ import annotations
 
-import argparse
-
 import pytest
 import torch
 
@@ -13,7 +11,6 @@ from fastsample.zoo.featurenet import (
     FeatureNet,
     evaluate_accuracy,
     load_feature_net_file,
-    register,
     save_feature_net,
     to_greyscale,
     train_feature_net,
@@ -102,13 +99,11 @@ def test_training_runs_and_cli_writes_loadable_weights(tmp_path, capsys):
     with pytest.raises(ValueError, match="grey_fraction"):
         train_feature_net(steps=1, grey_fraction=1.5)
 
-    parser = argparse.ArgumentParser()
-    register(parser.add_subparsers(dest="command"))
+    from fastsample.cli import main
+
     out = tmp_path / "fn.safetensors"
-    args = parser.parse_args(
-        ["train-featurenet", "--steps", "2", "--batch-size", "8", "--eval-samples", "20", "--out", str(out)]
-    )
-    assert args.func(args) == 0
+    argv = ["train-featurenet", "--train-steps", "2", "--batch-size", "8", "--eval-samples", "20"]
+    assert main([*argv, "--out", str(out), "--quiet"]) == 0
     assert "accuracy" in capsys.readouterr().out
     assert isinstance(load_feature_net_file(out), FeatureNet)
 

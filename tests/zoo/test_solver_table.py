@@ -1,11 +1,8 @@
 """The solver table: registry, NFE accounting, caching, formatting, script flags and the CLI subcommand."""
 
-import argparse
-
 import pytest
 
 import fastsample.solvers
-from fastsample.zoo import commands
 from fastsample.zoo.gmm import GaussianMixture
 from fastsample.zoo.solver_table import (
     DIFFUSERS_ENTRIES,
@@ -89,10 +86,11 @@ def test_quick_script_prints_and_writes_the_table(tmp_path, capsys):
 
 
 def test_cli_subcommand_has_the_script_flags():
-    parser = argparse.ArgumentParser()
-    commands.register(parser.add_subparsers(dest="command"))
+    from fastsample.cli import build_parser, solver_table
+
+    parser = build_parser()
     args = parser.parse_args(["solver-table", "--quick", "--samples", "10", "--seed", "3", "--out", "x.md"])
-    assert args.func is commands._solver_table
+    assert args.func is solver_table.run
     assert (args.quick, args.samples, args.seed, args.out, args.mixture_seed) == (True, 10, 3, "x.md", 0)
     assert args.labels == "uniform" and args.sensitivity is None
     args = parser.parse_args(["solver-table", "--labels", "prior", "--sensitivity", "0,1"])

@@ -1,6 +1,5 @@
-"""`fastsample fid` and `fastsample latency` through their argparse registration."""
+"""`fastsample fid` and `fastsample latency` through the command line's entry point."""
 
-import argparse
 import json
 
 import numpy as np
@@ -8,17 +7,13 @@ import pytest
 from PIL import Image
 
 import fastsample.eval.extractors as extractors
+from fastsample.cli import main
 from fastsample.eval import frechet_distance, load_statistics
-from fastsample.eval.commands import register
-
-from ._helpers import random_images, tiny_extractor
+from tests.eval._helpers import random_images, tiny_extractor
 
 
 def _run(argv):
-    parser = argparse.ArgumentParser(prog="fastsample")
-    register(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(argv)
-    return args.func(args)
+    return main(argv)
 
 
 def _folder(path, seed):
@@ -32,7 +27,7 @@ def test_fid_between_npz_files(tmp_path, capsys):
     np.savez_compressed(tmp_path / "a.npz", mu=np.zeros(3), sigma=np.eye(3))
     np.savez_compressed(tmp_path / "b.npz", mu=np.ones(3), sigma=4 * np.eye(3))
     assert (
-        _run(["fid", str(tmp_path / "a.npz"), str(tmp_path / "b.npz"), "--json", str(tmp_path / "r.json")])
+        _run(["fid", str(tmp_path / "a.npz"), str(tmp_path / "b.npz"), "--out", str(tmp_path / "r.json")])
         == 0
     )
     expected = frechet_distance(np.zeros(3), np.eye(3), np.ones(3), 4 * np.eye(3))  # 3 + 3·(2 − 1)² = 6
@@ -67,8 +62,8 @@ def test_latency_command_on_tiny_dit(tmp_path, capsys):
     out = tmp_path / "report"
     argv = [
         "latency",
-        "--tiny",
-        "dit",
+        "--pipeline",
+        "fixture:dit",
         "--steps",
         "2",
         "--compare-steps",
@@ -85,6 +80,9 @@ def test_latency_command_on_tiny_dit(tmp_path, capsys):
     assert _run(argv) == 0
     printed = capsys.readouterr().out
     assert "scope=end_to_end" in printed and "speedup=" in printed and "MACs per call" in printed
+    # versions, machine and peak RSS on CPU (not a peak memory of 0)
+    assert "versions: python" in printed and "diffusers" in printed and "machine: " in printed
+    assert "peak RSS of the process:" in printed and "peak_memory_MiB=0" not in printed
     raw = json.loads((out / "latency_raw.json").read_text())
     assert raw["nfe_per_call"] == 2 and raw["comparison"]["speedup"] > 0
     assert (out / "latency.md").is_file() and (out / "latency.json").is_file()
@@ -110,4 +108,5 @@ def test_latency_command_on_a_saved_pipeline_folder(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "scope=model_step" in printed and "nfe=1" in printed
     assert _run(["latency", "--pipeline", str(tmp_path / "missing")]) == 2
-    assert "local folder" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "argument --pipeline" in err and "missing" in err and "Traceback" not in err
