@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import shlex
 import sys
 from collections.abc import Sequence
 from types import ModuleType
@@ -85,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
         )
         module.add_arguments(sub)
         _add_verbosity(sub, top=False)
-        sub.set_defaults(func=module.run, _parser=sub)
+        sub.set_defaults(func=module.run, _parser=sub, command_line=f"fastsample {module.NAME}")
     return parser
 
 
@@ -98,7 +99,9 @@ def _configure_logging(verbosity: int, debug: bool) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``fastsample ARGV``; returns the exit status (2 for a usage error or an expected mistake)."""
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
+    args.command_line = shlex.join(["fastsample", *argv])  # recorded in reports
     if args.command is None:
         parser.print_help()
         return 0

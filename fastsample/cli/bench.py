@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import shlex
-import sys
 from pathlib import Path
 
 from fastsample.cli._common import CommandError, add_out, add_quiet, positive_int
@@ -187,8 +185,7 @@ def run(args: argparse.Namespace) -> int:
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(args.threads or _core_count())
     try:
-        command = shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]])
-        results = run_bench(settings, command=command, progress=not args.quiet)
+        results = run_bench(settings, command=args.command_line, progress=not args.quiet)
     finally:
         torch.set_num_threads(previous_threads)
     print(results["verdict"])

@@ -206,9 +206,7 @@ def run(args: argparse.Namespace) -> int:
             }
         )
     setup = {
-        "command": "fastsample " + " ".join(sys.argv[1:])
-        if "fastsample" in sys.argv[0]
-        else "fastsample latency",
+        "command": args.command_line,
         "pipeline": f"{spec} ({loaded.description})",
         "versions": _versions(),
         "machine": f"{platform.platform()}, {platform.processor() or platform.machine()}, "

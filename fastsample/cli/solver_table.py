@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 from fastsample.cli._common import add_out, add_quiet, positive_int
 
@@ -64,6 +63,5 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     from fastsample.zoo.solver_table import run_from_args
 
-    command = "fastsample " + " ".join(sys.argv[1:]) if sys.argv and "fastsample" in sys.argv[0] else None
-    print(run_from_args(args, command or "fastsample solver-table"))
+    print(run_from_args(args, args.command_line))
     return 0

@@ -10,7 +10,6 @@ from fastsample.zoo.solver_table import (
     SolverEntry,
     default_entries,
     format_markdown,
-    main,
     run_mixture_sensitivity,
     run_solver_table,
 )
@@ -74,7 +73,9 @@ def test_table_accounts_nfe_caches_references_and_formats():
 
 def test_quick_script_prints_and_writes_the_table(tmp_path, capsys):
     out = tmp_path / "solvers.md"
-    assert main(["--quick", "--samples", "24", "--no-progress", "--out", str(out)]) == 0
+    from fastsample.cli import main
+
+    assert main(["solver-table", "--quick", "--samples", "24", "--quiet", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert printed.strip() == out.read_text().strip()
     assert "--quick --samples 24" in printed and "diffusers 0." in printed and "24 samples" in printed
@@ -82,7 +83,7 @@ def test_quick_script_prints_and_writes_the_table(tmp_path, capsys):
         assert f"| {row} | diffusers |" in printed
     assert "w=7.5 NFE 10" in printed and "w=15" not in printed
     assert "## Flow matching: SD3 schedule: median error" in printed
-    assert "## Comparison with solvers.md §5.2" in printed
+    assert "## Comparison with docs/design/solvers.md#reading-the-table" in printed
 
 
 def test_cli_subcommand_has_the_script_flags():
