@@ -3,7 +3,10 @@
 An acceleration (fewer solver steps, a cache, skipped guidance) should leave the *same* image: for the same
 initial noise and label, a candidate batch ``x̂`` is compared sample by sample with a reference batch ``x``
 (e.g. DPM-Solver++ 2M at 100 steps, full CFG). Per sample i, with images of value range [lo, hi] and
-dynamic range L = hi − lo:
+dynamic range L = hi − lo. Every metric first maps both batches to [0, 1] by (x − lo)/L, so its value does
+not depend on the representation (SSIM's luminance term is not shift-invariant: computing it on [-1, 1]
+pixels with C's scaled by L = 2 gives a different number than on [0, 1]); the ``value_range`` argument is
+required for that reason.
 
 * **PSNR** = 10 log₁₀(L² / MSEᵢ), MSEᵢ the mean of (x̂ − x)² over channels and pixels (∞ for an exact copy);
 * **SSIM** (Wang, Bovik, Sheikh & Simoncelli, IEEE TIP 2004): with a Gaussian window (σ = 1.5, 11×11,
@@ -14,7 +17,7 @@ dynamic range L = hi − lo:
 
   averaged over the window positions fully inside the image and over the RGB channels. This is
   ``skimage.metrics.structural_similarity(..., gaussian_weights=True, sigma=1.5, use_sample_covariance=False,
-  channel_axis=0, data_range=L)``;
+  channel_axis=0, data_range=1)`` on the images mapped to [0, 1];
 * **feature distance** in the in-domain feature space of the shipped feature net (LPIPS's form, Zhang et al.,
   CVPR 2018, eq. 1, with uniform layer weights): for each of the net's five convolution stages l,
   unit-normalise the activations over channels at each position, then
@@ -69,6 +72,15 @@ def _check_pair(candidate: Any, reference: Any) -> tuple[torch.Tensor, torch.Ten
     return candidate.detach().to("cpu", torch.float64), reference.detach().to("cpu", torch.float64)
 
 
+def _unit_pair(
+    candidate: Any, reference: Any, value_range: tuple[float, float]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Both batches (float64 copies) mapped from ``value_range`` to [0, 1]: (x − lo) / L."""
+    x, y = _check_pair(candidate, reference)
+    low, peak = float(value_range[0]), _dynamic_range(value_range)
+    return (x - low) / peak, (y - low) / peak
+
+
 def _dynamic_range(value_range: tuple[float, float]) -> float:
     try:
         low, high = (float(v) for v in value_range)
@@ -86,10 +98,9 @@ def psnr(
 ) -> torch.Tensor:
     """Per-sample PSNR ``[N]`` (dB, float64) = 10 log₁₀(L² / MSE), L = ``value_range[1] − value_range[0]``
     (L = 1 for pipeline outputs in [0, 1], 2 for images in [-1, 1]); +inf for identical samples."""
-    x, y = _check_pair(candidate, reference)
-    peak = _dynamic_range(value_range)
+    x, y = _unit_pair(candidate, reference, value_range)
     mse = (x - y).square().flatten(1).mean(dim=1)
-    return 10.0 * torch.log10(peak**2 / mse)  # mse = 0 gives +inf
+    return -10.0 * torch.log10(mse)  # L = 1 after mapping to [0, 1]; mse = 0 gives +inf
 
 
 def _gaussian_window(sigma: float = 1.5, truncate: float = 3.5) -> torch.Tensor:
@@ -105,8 +116,7 @@ def ssim(
 ) -> torch.Tensor:
     """Per-sample SSIM ``[N]`` (float64) with the Gaussian window of Wang et al. 2004 (module docstring),
     averaged over valid window positions and channels; images need H, W ≥ 11."""
-    x, y = _check_pair(candidate, reference)
-    peak = _dynamic_range(value_range)
+    x, y = _unit_pair(candidate, reference, value_range)
     window = _gaussian_window()
     size = window.numel()
     if x.shape[-1] < size or x.shape[-2] < size:
@@ -122,7 +132,7 @@ def ssim(
     var_x = blur(x * x) - mu_x**2
     var_y = blur(y * y) - mu_y**2
     cov = blur(x * y) - mu_x * mu_y
-    c1, c2 = (0.01 * peak) ** 2, (0.03 * peak) ** 2
+    c1, c2 = 0.01**2, 0.03**2  # (K L)² with L = 1 after mapping to [0, 1]
     index = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2))
     return index.flatten(1).mean(dim=1)
 
@@ -148,9 +158,7 @@ def feature_distance(
 ) -> torch.Tensor:
     """Per-sample in-domain perceptual distance ``[N]`` (float64; module docstring) with the shipped feature
     net (:func:`fastsample.zoo.default.load_feature_net`) or ``feature_net`` (a FeatureNet)."""
-    x, y = _check_pair(candidate, reference)
-    low = float(value_range[0])
-    peak = _dynamic_range(value_range)
+    x, y = _unit_pair(candidate, reference, value_range)
     if feature_net is None:
         from fastsample.zoo.default import load_feature_net
 
@@ -159,7 +167,7 @@ def feature_distance(
     distances = []
     for chunk_x, chunk_y in zip(x.split(batch_size), y.split(batch_size)):
         pair = torch.cat([chunk_x, chunk_y])
-        pair = ((pair - low) / peak * 2.0 - 1.0).to(parameter.device, parameter.dtype)  # the net's [-1, 1]
+        pair = (pair * 2.0 - 1.0).to(parameter.device, parameter.dtype)  # the net's [-1, 1]
         total = torch.zeros(chunk_x.shape[0], dtype=torch.float64)
         for stage in _stage_activations(feature_net, pair):
             unit = F.normalize(stage.double(), dim=1, eps=1e-10)
