@@ -5,7 +5,8 @@ FD with its bootstrap interval and floor.
    20 steps, guidance 4.0) on ``--samples`` balanced labels: shape accuracy (colour-blind shape net), hue
    accuracy (foreground hue) and the bench's class accuracy (feature net), each with a bootstrap interval of
    the mean, beside the same figures on real procedural images.
-2. Paired fidelity: DPM-Solver++ 2M at ``--steps`` (default 10, 20, 50) against DPM-Solver++ 2M at
+2. Paired fidelity: the shipped scheduler (DPM-Solver++ 2M for VP, FlowMatch Euler for flow) at ``--steps``
+   (default 10, 20, 50) against the same scheduler at
    ``--reference-steps`` (100), same noise, labels and guidance; medians of PSNR / SSIM / feature distance
    with bootstrap intervals, and the paired interval of the difference of the medians between the fewest
    and the most steps ("is the spread larger than its interval?").
@@ -67,6 +68,8 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--model", choices=("vp", "flow"), default="vp")
+    parser.add_argument("--directory", default=None, help="a model folder (fastsample train --export DIR)")
+    parser.add_argument("--shift", type=float, default=None, help="flow only: sampling time shift")
     parser.add_argument("--samples", type=int, default=200, help="generated samples (balanced over classes)")
     parser.add_argument("--steps", type=int, nargs="+", default=[10, 20, 50])
     parser.add_argument("--reference-steps", type=int, default=100)
@@ -81,7 +84,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     start = time.process_time()
 
-    pipe = load_default_pipeline(model=args.model)
+    pipe = load_default_pipeline(model=args.model, directory=args.directory, shift=args.shift)
     pipe.set_progress_bar_config(disable=True)
     default_steps = 20  # PixelDiTPipeline's default num_inference_steps, with the shipped scheduler
     nets = {"shape": load_shape_net(), "feature": load_feature_net()}
@@ -98,6 +101,8 @@ def main() -> None:
 
     # 2. paired fidelity of DPM-Solver++ 2M step counts against the reference
     scheduler_name = type(pipe.scheduler).__name__
+    if args.shift is not None:
+        scheduler_name += f" (shift {args.shift:g})"
     reference = generate(pipe, labels, noise, args.reference_steps, args.guidance_scale, args.batch_size)
     reports = {}
     for steps in args.steps:

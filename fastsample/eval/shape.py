@@ -59,6 +59,12 @@ def _as_signed_images(images: Any, value_range: tuple[float, float]) -> torch.Te
     from fastsample.zoo.default import images_to_tensor
 
     if tuple(value_range) == (0, 1):
+        floats = isinstance(images, torch.Tensor) and images.dtype.is_floating_point and images.numel() > 0
+        if floats and (images.min() < 0 or images.max() > 1):
+            raise ValueError(
+                "images: float values must lie in [0, 1] with value_range=(0, 1) (pipeline output); "
+                "pass value_range=(-1, 1) for images in [-1, 1]"
+            )
         return images_to_tensor(images)
     if tuple(value_range) != (-1, 1):
         raise ValueError(f"value_range must be (0, 1) or (-1, 1), got {value_range!r}")
