@@ -199,10 +199,12 @@ def paired_fidelity(
     n_boot: int = 2000,
     confidence: float = 0.95,
     seed: int = 0,
+    strata: Any | None = None,
 ) -> FidelityReport:
     """PSNR, SSIM and feature distance of ``candidate`` to ``reference`` (``[N, 3, H, W]``, sample i of both
     from the same noise and label, values in ``value_range``), each summarised by its median and a
-    percentile-bootstrap interval (``n_boot`` resamples, ``numpy.random.default_rng(seed)``)."""
+    percentile-bootstrap interval (``n_boot`` resamples, ``numpy.random.default_rng(seed)``; ``strata``,
+    e.g. the class labels, resamples within each class, see :func:`~fastsample.eval.bootstrap_interval`)."""
     unknown = [m for m in metrics if m not in METRICS]
     if unknown or not metrics:
         raise ValueError(f"`metrics` must be a non-empty subset of {METRICS}, got {metrics!r}.")
@@ -215,7 +217,9 @@ def paired_fidelity(
             result = functions[metric](candidate, reference, value_range=value_range)
         values[metric] = result.numpy()
     summary = {
-        metric: bootstrap_interval(array, np.median, n_boot=n_boot, confidence=confidence, seed=seed)
+        metric: bootstrap_interval(
+            array, np.median, n_boot=n_boot, confidence=confidence, seed=seed, strata=strata
+        )
         for metric, array in values.items()
     }
     return FidelityReport(values, summary)
@@ -228,6 +232,7 @@ def compare_fidelity(
     n_boot: int = 2000,
     confidence: float = 0.95,
     seed: int = 0,
+    strata: Any | None = None,
 ) -> Interval:
     """Interval of median(first) − median(second) of ``metric`` for two candidates measured against the same
     reference on the same samples (joint resampling; PSNR capped at :data:`PSNR_CAP_DB` so that exact copies
@@ -237,4 +242,6 @@ def compare_fidelity(
     a, b = first.values[metric], second.values[metric]
     if metric == "psnr":
         a, b = np.minimum(a, PSNR_CAP_DB), np.minimum(b, PSNR_CAP_DB)
-    return paired_difference_interval(a, b, np.median, n_boot=n_boot, confidence=confidence, seed=seed)
+    return paired_difference_interval(
+        a, b, np.median, n_boot=n_boot, confidence=confidence, seed=seed, strata=strata
+    )

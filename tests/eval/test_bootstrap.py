@@ -111,3 +111,25 @@ def test_fd_interval_refuses_mismatched_input():
         frechet_distance_interval(np.random.default_rng(0).normal(size=(10, 3)), reference, np.zeros((5, 3)))
     with pytest.raises(ValueError, match=r"\[N ≥ 2, D\]"):
         frechet_distance_interval(np.zeros(3), reference)
+
+
+def test_stratified_resampling_keeps_the_design_and_narrows_a_balanced_fd():
+    from fastsample.eval.bootstrap import _resamples
+
+    labels = np.repeat(np.arange(4), 25)
+    index = _resamples(100, 50, seed=0, strata=labels)
+    assert all((np.bincount(labels[row], minlength=4) == 25).all() for row in index)
+    assert all((labels[row] == labels).all() for row in index)  # each slot resampled within its class
+    # four far-apart classes, 25 each: class proportions dominate a plain bootstrap of FD
+    rng = np.random.default_rng(6)
+    centres = 10.0 * np.eye(4)
+    generated = centres[labels] + rng.normal(size=(100, 4))
+    population = Statistics(centres.mean(0), np.cov(centres, rowvar=False, bias=True) + np.eye(4))
+    plain = frechet_distance_interval(generated, population, n_boot=200)
+    stratified = frechet_distance_interval(generated, population, n_boot=200, strata=labels)
+    assert stratified.fd.estimate == plain.fd.estimate
+    assert stratified.fd.width < 0.5 * plain.fd.width
+    median = bootstrap_interval(generated[:, 0], strata=labels, n_boot=100)
+    assert median.estimate == np.median(generated[:, 0])
+    with pytest.raises(ValueError, match="strata"):
+        bootstrap_interval(generated[:, 0], strata=labels[:10])
