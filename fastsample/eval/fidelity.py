@@ -163,6 +163,11 @@ def feature_distance(
         from fastsample.zoo.default import load_feature_net
 
         feature_net = load_feature_net()
+    if not isinstance(getattr(feature_net, "trunk", None), torch.nn.Sequential):
+        raise TypeError(
+            f"`feature_net` must be a fastsample FeatureNet (with a `trunk` of conv stages), got "
+            f"{type(feature_net).__name__}."
+        )
     parameter = next(feature_net.parameters())
     distances = []
     for chunk_x, chunk_y in zip(x.split(batch_size), y.split(batch_size)):

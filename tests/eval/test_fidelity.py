@@ -105,6 +105,8 @@ def test_feature_distance_properties():
     assert (forward > 0).all() and (forward <= 4 * 5).all()  # ≤ 4 per stage, 5 stages
     signed = feature_distance(shifted * 2 - 1, images, value_range=(-1, 1), feature_net=net)
     torch.testing.assert_close(signed, forward, atol=1e-5, rtol=1e-5)
+    with pytest.raises(TypeError, match="FeatureNet"):
+        feature_distance(unit, unit, value_range=(0, 1), feature_net=torch.nn.Linear(2, 2))
     closer = feature_distance((unit + 0.02).clamp(0, 1), unit, value_range=(0, 1), feature_net=net)
     assert closer.median() < forward.median()
 
