@@ -103,3 +103,23 @@ def test_missing_shape_net_names_the_file(tmp_path, monkeypatch):
     monkeypatch.setattr(default, "_weights_root", lambda: tmp_path)
     with pytest.raises(FileNotFoundError, match=r"shapenet\.safetensors.*train_shape_net\.py"):
         default.load_shape_net()
+
+
+def test_train_shape_net_runs_on_the_colour_blind_view(monkeypatch):
+    from fastsample.eval import shape
+
+    seen = []
+    original = shape.shape_net_input
+
+    def spy(images, value_range=(0, 1)):
+        out = original(images, value_range)
+        seen.append(out)
+        return out
+
+    monkeypatch.setattr(shape, "shape_net_input", spy)
+    net, summary = shape.train_shape_net(steps=2, batch_size=8, progress=False)
+    assert net.config["channels"] == [16, 24, 32, 48] and net.feature_dim == 64 and not net.training
+    assert summary["steps"] == 2 and summary["final_loss"] > 0
+    assert len(seen) == 2 and all(x.shape == (8, 3, 32, 32) for x in seen)
+    # the network sees the view: three equal channels
+    assert all(torch.equal(x[:, 0], x[:, 1]) and torch.equal(x[:, 1], x[:, 2]) for x in seen)
