@@ -143,6 +143,14 @@ def _resamples(n: int, n_boot: int, seed: int, strata: np.ndarray | None = None)
     return index
 
 
+def _per_resample(statistic: Callable[..., Any], resampled: np.ndarray) -> np.ndarray:
+    """``statistic`` of each row of ``[k, n]``: vectorised with ``axis=-1`` when accepted, else row by row."""
+    try:
+        return np.asarray(statistic(resampled, axis=-1), dtype=np.float64)
+    except TypeError:
+        return np.array([float(statistic(row)) for row in resampled])
+
+
 def bootstrap_interval(
     values: Any,
     statistic: Callable[[np.ndarray], float] = np.median,
@@ -163,10 +171,7 @@ def bootstrap_interval(
     array = _as_values("values", values)
     estimate = float(statistic(array))
     resampled = array[_resamples(array.shape[0], n_boot, seed, _as_strata(strata, array.shape[0]))]
-    try:
-        boot = np.asarray(statistic(resampled, axis=-1), dtype=np.float64)
-    except TypeError:
-        boot = np.array([float(statistic(row)) for row in resampled])
+    boot = _per_resample(statistic, resampled)
     low, high = _percentiles(boot, confidence)
     return Interval(estimate, low, high, float(confidence), n_boot, int(array.shape[0]))
 
@@ -196,10 +201,7 @@ def paired_difference_interval(
     index = _resamples(a.shape[0], n_boot, seed, _as_strata(strata, a.shape[0]))
     with np.errstate(invalid="ignore"):  # inf − inf is reported below, not warned about
         estimate = float(statistic(a) - statistic(b))
-        try:
-            boot = np.asarray(statistic(a[index], axis=-1) - statistic(b[index], axis=-1), dtype=np.float64)
-        except TypeError:
-            boot = np.array([float(statistic(a[i]) - statistic(b[i])) for i in index])
+        boot = _per_resample(statistic, a[index]) - _per_resample(statistic, b[index])
     if np.isnan(estimate) or np.isnan(boot).any():
         raise ValueError(
             "the paired difference is undefined (infinite values on both sides); cap them first."
