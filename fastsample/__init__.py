@@ -45,6 +45,9 @@ _LAZY_EXPORTS: dict[str, str] = {
     "min_snr_weights": "fastsample.training",
     # eval
     "frechet_distance": "fastsample.eval",
+    "paired_fidelity": "fastsample.eval",
+    "shape_accuracy": "fastsample.eval",
+    "hue_accuracy": "fastsample.eval",
     # pipelines and defaults
     "optimize": "fastsample.optimize",
     "PixelDiTPipeline": "fastsample.pipelines.pixel_dit",

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -126,19 +127,26 @@ def train_feature_net(
     grey_fraction: float = 0.5,
     seed: int = 0,
     progress: bool = True,
+    net: FeatureNet | None = None,
+    transform: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
 ) -> tuple[FeatureNet, dict[str, float]]:
     """Train a :class:`FeatureNet` on fresh procedural samples (a new batch every step).
 
     AdamW with a short linear warm-up and a cosine learning-rate decay, cross-entropy on labels; a
     ``grey_fraction`` of every batch is shown in greyscale. Returns the network in eval mode and a summary
     (final loss, seconds, steps).
+
+    ``net`` (default: a fresh ``FeatureNet()``) is trained in place; ``transform(images, generator)``, when
+    given, maps every batch (after the greyscale step) to what the network sees, drawing any randomness from
+    ``generator`` (the colour-blind shape classifier of :mod:`fastsample.eval.shape` is trained this way).
     """
     if steps < 1 or batch_size < 1:
         raise ValueError(f"steps and batch_size must be ≥ 1, got {steps}, {batch_size}")
     if not 0.0 <= grey_fraction <= 1.0:
         raise ValueError(f"grey_fraction must lie in [0, 1], got {grey_fraction}")
     torch.manual_seed(seed)
-    net = FeatureNet()
+    if net is None:
+        net = FeatureNet()
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
     warmup = max(1, steps // 20)
@@ -152,6 +160,8 @@ def train_feature_net(
     bar = tqdm(range(steps), desc="train feature net", disable=not progress)
     for step in bar:
         images, labels = _training_batch(batch_size, generator, grey_fraction)
+        if transform is not None:
+            images = transform(images, generator)
         loss = F.cross_entropy(net(images), labels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -172,15 +182,23 @@ def train_feature_net(
 
 @torch.no_grad()
 def evaluate_accuracy(
-    net: FeatureNet, n: int = 2000, seed: int = 12345, greyscale: bool = False, batch_size: int = 500
+    net: FeatureNet,
+    n: int = 2000,
+    seed: int = 12345,
+    greyscale: bool = False,
+    batch_size: int = 500,
+    transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> float:
-    """Accuracy of ``net`` on ``n`` fresh procedural samples drawn with ``seed`` (optionally in greyscale)."""
+    """Accuracy of ``net`` on ``n`` fresh procedural samples drawn with ``seed`` (optionally in greyscale;
+    ``transform`` maps each batch of images in [-1, 1] to the network's input)."""
     generator = torch.Generator().manual_seed(seed)
     correct = 0
     for start in range(0, n, batch_size):
         images, labels = generate_batch(min(batch_size, n - start), generator=generator)
         if greyscale:
             images = to_greyscale(images)
+        if transform is not None:
+            images = transform(images)
         correct += (net(images).argmax(dim=1) == labels).sum().item()
     return correct / n
 
