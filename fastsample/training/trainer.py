@@ -418,18 +418,13 @@ def build_noise_scheduler(prediction_type: str = "epsilon") -> Any:
     )
 
 
-FLOW_SAMPLING_SHIFT = 3.0  # SD3's shift for the exported flow model's sampling schedule
-
-
 def sampling_scheduler_config(prediction_type: str = "epsilon") -> dict[str, Any]:
     """A DPM-Solver++(2M) config (as ``save_config`` writes it) with the training betas, to sample with; for
-    ``"flow"`` the FlowMatch Euler config with SD3's sampling shift (:data:`FLOW_SAMPLING_SHIFT`): training
-    draws its times with shift 1, and sampling spends more steps at high noise, σ' = 3σ / (1 + 2σ)."""
-    from diffusers import DPMSolverMultistepScheduler, FlowMatchEulerDiscreteScheduler
+    ``"flow"`` the training FlowMatch Euler scheduler's own config."""
+    from diffusers import DPMSolverMultistepScheduler
 
     if prediction_type == "flow":
-        scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=FLOW_SAMPLING_SHIFT)
-        return json.loads(scheduler.to_json_string())
+        return json.loads(build_noise_scheduler("flow").to_json_string())
     scheduler = DPMSolverMultistepScheduler(
         num_train_timesteps=1000,
         beta_schedule="linear",
