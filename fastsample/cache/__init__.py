@@ -2,7 +2,14 @@
 
 from fastsample.cache.api import METHODS, CacheHandle, enable_cache, make_policy
 from fastsample.cache.measure import SpeedupReport, measure_speedup
-from fastsample.cache.policies import FORA, CachePolicy, DynamicThreshold, NoCache, StaticSchedule
+from fastsample.cache.policies import (
+    FORA,
+    CachePolicy,
+    DynamicThreshold,
+    NoCache,
+    StaticSchedule,
+    TaylorSeer,
+)
 from fastsample.cache.router import HarmoniCaPolicy, Router, RouterArtifact
 from fastsample.cache.stats import CacheStats
 from fastsample.cache.train import RouterTrainingConfig, evaluate_router_loss, train_router
@@ -23,6 +30,7 @@ __all__ = [
     "RouterTrainingConfig",
     "SpeedupReport",
     "StaticSchedule",
+    "TaylorSeer",
     "enable_cache",
     "evaluate_router_loss",
     "find_blocks",

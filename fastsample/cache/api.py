@@ -17,7 +17,7 @@ import torch
 
 from fastsample.cache.controller import CacheController
 from fastsample.cache.hooks import SITE_HOOK, STEP_HOOK, BlockHook, StepHook, UnitHook, has_fastsample_cache
-from fastsample.cache.policies import FORA, CachePolicy, DynamicThreshold, NoCache, StaticSchedule
+from fastsample.cache.policies import FORA, CachePolicy, DynamicThreshold, NoCache, StaticSchedule, TaylorSeer
 from fastsample.cache.router import HarmoniCaPolicy
 from fastsample.cache.stats import CacheStats
 from fastsample.cache.units import find_sites
@@ -38,6 +38,7 @@ POLICIES: dict[str, type[CachePolicy]] = {
     "dynamic": DynamicThreshold,
     "harmonica": HarmoniCaPolicy,
     "static": StaticSchedule,
+    "taylorseer": TaylorSeer,
 }
 METHODS = tuple(POLICIES)
 
@@ -166,9 +167,11 @@ def enable_cache(
         pipe_or_model: a supported diffusers pipeline (DiT, PixArt, SD3, Flux, fastsample's PixelDiT) or a
             bare             ``DiTTransformer2DModel``/``PixArtTransformer2DModel``/``SD3Transformer2DModel``/
             ``FluxTransformer2DModel``. With a bare model call ``handle.new_run()`` before every sampling run.
-        method: ``"fora"`` (knobs ``interval``, ``level``), ``"dynamic"`` (``threshold``, ``warmup_steps``,
-            ``max_consecutive``), ``"harmonica"`` (``router``, ``threshold``), ``"static"`` (``mask``,
-            ``level``), ``"none"``, or a :class:`~fastsample.cache.policies.CachePolicy` object.
+        method: ``"fora"`` (knobs ``interval``, ``level``, ``order``), ``"taylorseer"`` (the same, forecasting
+            by default), ``"dynamic"`` (``threshold``, ``warmup_steps``, ``max_consecutive``, ``order``),
+            ``"harmonica"`` (``router``, ``threshold``), ``"static"`` (``mask``, ``level``, ``order``),
+            ``"none"``, or a :class:`~fastsample.cache.policies.CachePolicy` object. ``order`` 1 or 2
+            forecasts skipped features instead of reusing them (:mod:`fastsample.cache.forecast`).
         compile: compile each site's original forward with ``torch.compile`` (``True`` or a dict of
             ``torch.compile`` keyword arguments): regional compilation with the decisions outside the graphs.
         profile_macs: count MACs on the first full forward of each input shape (``computed_mac_fraction``).
