@@ -1,6 +1,7 @@
 """Feature caching for diffusion transformers: hooks, static/dynamic/learned (HarmoniCa) reuse policies."""
 
 from fastsample.cache.api import METHODS, CacheHandle, enable_cache, make_policy
+from fastsample.cache.calibration import CacheCalibration, calibrate_cache, load_calibration
 from fastsample.cache.measure import SpeedupReport, measure_speedup
 from fastsample.cache.policies import (
     FORA,
@@ -19,6 +20,7 @@ __all__ = [
     "FORA",
     "METHODS",
     "SUPPORTED_MODELS",
+    "CacheCalibration",
     "CacheHandle",
     "CachePolicy",
     "CacheStats",
@@ -31,10 +33,12 @@ __all__ = [
     "SpeedupReport",
     "StaticSchedule",
     "TaylorSeer",
+    "calibrate_cache",
     "enable_cache",
     "evaluate_router_loss",
     "find_blocks",
     "find_units",
+    "load_calibration",
     "make_policy",
     "measure_speedup",
     "train_router",

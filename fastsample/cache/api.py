@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import os
 from typing import Any
 
 import torch
@@ -159,6 +160,7 @@ def enable_cache(
     *,
     compile: bool | dict = False,
     profile_macs: bool = True,
+    calibration: str | os.PathLike | None = None,
     **knobs: Any,
 ) -> CacheHandle:
     """Cache a diffusion transformer's features across denoising steps.
@@ -175,6 +177,11 @@ def enable_cache(
         compile: compile each site's original forward with ``torch.compile`` (``True`` or a dict of
             ``torch.compile`` keyword arguments): regional compilation with the decisions outside the graphs.
         profile_macs: count MACs on the first full forward of each input shape (``computed_mac_fraction``).
+        calibration: with ``method="dynamic"``, a JSON file written by
+            :func:`fastsample.cache.calibration.calibrate_cache` for this model: its error model, threshold
+            and warm-up replace the hand-set ``threshold`` (explicit knobs still override). A file
+            calibrated on another model is refused with an :class:`~fastsample.errors.ArtifactError`
+            naming it.
 
     Returns:
         a :class:`CacheHandle`.
@@ -191,6 +198,19 @@ def enable_cache(
         raise TypeError(f"profile_macs must be a bool, got {type(profile_macs).__name__}.")
     pipe, model = _resolve(pipe_or_model)
     check_no_cache(model)
+    if calibration is not None:
+        if method != "dynamic":
+            raise ValueError(f"calibration= applies to method='dynamic', got method={method!r}.")
+        from fastsample.cache.calibration import load_calibration
+
+        calibrated = load_calibration(calibration)
+        calibrated.check_model(model, calibration)
+        knobs = {
+            "threshold": calibrated.max_change,
+            "warmup_steps": calibrated.warmup_steps,
+            "rescale": calibrated.coefficients,
+            **knobs,
+        }
     policy = make_policy(method, **knobs)
     sites = find_sites(model, policy.level)
     policy.bind(model, sites)

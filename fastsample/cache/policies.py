@@ -159,7 +159,10 @@ class DynamicThreshold(CachePolicy):
     ``d < threshold``, ``step >= warmup_steps`` and fewer than ``max_consecutive`` steps in a row were
     skipped.
     Costs one host sync per step (the comparison). ``order``: the skipped blocks add their last residual
-    (0) or its forecast from the last computed steps (1, 2; module docstring).
+    (0) or its forecast from the last computed steps (1, 2; module docstring). ``rescale``: polynomial
+    coefficients (highest degree first) of a calibrated error model ``p``
+    (:mod:`fastsample.cache.calibration`); the comparison is then ``p(d) < threshold``, the threshold being
+    a predicted relative L1 change of the model output.
     """
 
     name = "dynamic"
@@ -172,6 +175,7 @@ class DynamicThreshold(CachePolicy):
         warmup_steps: int = 1,
         max_consecutive: int | None = None,
         order: int = 0,
+        rescale: Sequence[float] | None = None,
     ) -> None:
         if (
             isinstance(threshold, bool)
@@ -193,6 +197,11 @@ class DynamicThreshold(CachePolicy):
         self.warmup_steps = warmup_steps
         self.max_consecutive = max_consecutive
         self.order = check_order(order)
+        if rescale is not None:
+            rescale = [float(c) for c in rescale]
+            if not rescale or not all(math.isfinite(c) for c in rescale):
+                raise ValueError(f"rescale must be a non-empty sequence of finite numbers, got {rescale!r}.")
+        self.rescale = rescale
 
     def bind(self, model: torch.nn.Module, sites: Sequence[CacheSite]) -> None:
         if len(sites) < 2:
@@ -206,11 +215,13 @@ class DynamicThreshold(CachePolicy):
             return False
         if self.max_consecutive is not None and consecutive_skips >= self.max_consecutive:
             return False
+        if self.rescale is not None:
+            relative_change = float(np.polyval(self.rescale, relative_change))
         return relative_change < self.threshold
 
     def describe(self) -> str:
         extra = f", max_consecutive={self.max_consecutive}" if self.max_consecutive is not None else ""
         return (
             f"dynamic(threshold={self.threshold:g}, warmup_steps={self.warmup_steps}{extra}"
-            f"{self._order_suffix()})"
+            f"{self._order_suffix()}{', calibrated' if self.rescale is not None else ''})"
         )
