@@ -17,6 +17,10 @@ of ``--batch``. Per row:
   (``CacheStats.work_fraction``); for the AG rows also ``product`` = samples(AG alone) × units(cache alone)
   and ``work / product`` (the issue's target: ≤ 1.05); ``hit``: the cache's hit ratio.
 
+Rows: FORA(2, 3); TaylorSeer = FORA's schedule with order-1/2 forecasting; the dynamic first-block threshold
+with and without order-1 forecasting; the dynamic policy calibrated by ``fastsample.calibrate_cache`` (2 calls
+on other seeds) at two ``max_change``; Adaptive Guidance (γ̄ = 0.99, re-packing) alone and with caches.
+
 ``_paired_psnr`` is local so that it can be swapped for ``fastsample.eval.fidelity`` once that lands.
 """
 
@@ -24,9 +28,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import shlex
 import sys
+import tempfile
 import time
 from typing import Any
 
@@ -70,11 +76,37 @@ def _recipes(args: argparse.Namespace) -> list[tuple[str, tuple | None, bool]]:
                     False,
                 )
             )
+    for change in args.max_changes:
+        rows.append(
+            (f"dynamic calibrated(max_change {change:g})", ("calibrated", {"max_change": change}), False)
+        )
     rows.append(("AG, uncached", None, True))
     rows.append(("AG + FORA(2)", ("fora", {"interval": 2}), True))
     rows.append(("AG + TaylorSeer(2, order 1)", ("fora", {"interval": 2, "order": 1}), True))
     rows.append(("AG + TaylorSeer(3, order 2)", ("fora", {"interval": 3, "order": 2}), True))
     return rows
+
+
+def _calibration(pipe: Any, args: argparse.Namespace, max_change: float) -> str:
+    """A calibration file for this setting, fitted on 2 calls of ``--batch`` samples whose seeds differ from
+    the evaluation seeds (``fastsample.calibrate_cache``)."""
+    from fastsample.cache import calibrate_cache
+
+    path = os.path.join(tempfile.gettempdir(), f"cache_compose_{args.steps}_{max_change:g}.json")
+    if not os.path.exists(path):
+        labels = [i % 10 for i in range(args.batch)]
+        calibration = calibrate_cache(
+            pipe,
+            path,
+            max_change=max_change,
+            calls=2,
+            seed=args.seed + 10_000,
+            class_labels=labels,
+            num_inference_steps=args.steps,
+            guidance_scale=GUIDANCE,
+        )
+        print(f"calibration {path}: {calibration.coefficients} R2 {calibration.provenance['fit']['r2']:.3f}")
+    return path
 
 
 def _run(pipe: Any, args: argparse.Namespace, cache: tuple | None, with_ag: bool) -> dict[str, Any]:
@@ -87,7 +119,9 @@ def _run(pipe: Any, args: argparse.Namespace, cache: tuple | None, with_ag: bool
         handles = []
         if with_ag:
             handles.append(guide(pipe, AdaptiveGuidance(threshold=args.ag_threshold)))
-        if cache is not None:
+        if cache is not None and cache[0] == "calibrated":
+            handles.append(enable_cache(pipe, "dynamic", calibration=_calibration(pipe, args, **cache[1])))
+        elif cache is not None:
             handles.append(enable_cache(pipe, cache[0], **cache[1]))
         try:
             began = time.process_time()
@@ -129,6 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=1000)
     parser.add_argument("--ag-threshold", type=float, default=0.99)
     parser.add_argument("--thresholds", type=float, nargs="+", default=[0.05, 0.1])
+    parser.add_argument("--max-changes", type=float, nargs="+", default=[0.06, 0.1])
     parser.add_argument("--out", default=None, help="JSON file for the figures")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
