@@ -16,7 +16,9 @@ leading dimension is the full batch is sliced) and when it plans ``"none"`` the 
 When it plans ``"full"`` but its :meth:`~fastsample.guidance.methods.GuidanceMethod.uncond_mask` leaves some
 samples out (Adaptive Guidance after some samples switched), the batch is re-packed: the model runs on all
 conditional rows plus the unconditional rows of the masked samples only, with every batched argument
-selected the same way, and the unmasked samples get u = c.
+selected the same way, and the unmasked samples get u = c. A re-packed or conditional-only forward declares
+the canonical rows it carries (:func:`fastsample.integration.rows.carrying_rows`), so per-row state below the
+hook (the feature cache) follows the batch.
 Per-generation state is reset at the start of each ``pipe(...)`` through
 :mod:`fastsample.integration.call_scope`, which also hands the hook the call's bound arguments: the pipeline's
 guidance scale and CFG switch come from them (or from an attribute such as ``pipe._guidance_scale``) as the
