@@ -117,16 +117,22 @@ def test_rows_of_a_repacked_forward_reuse_their_own_cached_values():
     unit = pipe.transformer.transformer_blocks[0].ff
     seen = []  # what the unit returned to its block (computed, or served by the cache)
     probe = unit.register_forward_hook(lambda m, a, o: seen.append(o.clone()))
-    with guide(pipe, _ScriptedSwitch([-1, 1, -1, -1])), enable_cache(pipe, "fora", interval=2) as handle:
-        # step 0 computes 8 rows; step 1 carries 4 cond + 3 uncond rows (sample 1's uncond row dropped)
-        _latents(pipe, _kwargs("dit", steps=2))
+    with guide(pipe, _ScriptedSwitch([-1, 1, -1, 2])), enable_cache(pipe, "fora", interval=2) as handle:
+        # step 0 computes 8 rows; step 1 carries 4 cond + 3 uncond rows (sample 1's uncond row dropped);
+        # step 2 computes 6 rows into the same buffers; step 3 reuses them
+        _latents(pipe, _kwargs("dit", steps=4))
         stats = handle.stats()
+        slots = [slot for state in handle._controller.states.values() for slot in state.slots]
     probe.remove()
-    step0, step1 = seen
-    assert stats.rows["default"].tolist() == [8, 7]
+    step0, step1, step2, step3 = seen
+    assert stats.rows["default"].tolist() == [8, 7, 6, 6]
+    np.testing.assert_array_equal(stats.computed["default"].all(axis=1), [True, False, True, False])
     assert not stats.computed["default"][1].any()  # step 1 served every unit from the cache
     kept = torch.tensor([0, 1, 2, 3, 4, 6, 7])  # cond_first: cond rows 0-3, uncond rows 4-7 minus 5
     assert torch.equal(step1, step0[kept])
+    assert torch.equal(step3, step2)  # same 6 rows (uncond of samples 0 and 2), reused from step 2
+    # the buffers keep the canonical 8 rows: allocated once, then copied into (stable addresses)
+    assert all(slot.allocations == 1 for slot in slots)
 
 
 @pytest.mark.slow
@@ -196,3 +202,25 @@ def test_flux_true_cfg_contexts_keep_separate_state_when_guidance_skips_the_unco
         assert not torch.equal(cond0, uncond0)
         assert torch.equal(cond1, cond0) and torch.equal(uncond1, uncond0)
         assert torch.equal(cond3, cond2) and torch.equal(cond5, cond4) and not torch.equal(cond2, cond0)
+
+
+def test_cache_slot_rows_gather_scatter_and_validity():
+    from fastsample.cache.buffers import CacheSlot
+
+    slot = CacheSlot()
+    full = torch.arange(12.0).reshape(4, 3)
+    slot.store(full)
+    assert slot.holds() and slot.holds(torch.tensor([1, 3]), 4) and not slot.holds(None, 5)
+    slot.store(-full[[1, 3]], torch.tensor([1, 3]), 4)
+    expected = full.clone()
+    expected[[1, 3]] *= -1
+    assert torch.equal(slot.load(), expected) and slot.allocations == 1
+    assert torch.equal(slot.load(torch.tensor([3, 0])), expected[[3, 0]])
+    assert slot.load(torch.arange(4)) is slot.load()  # identity rows: the buffer itself, no copy
+    fresh = CacheSlot()  # a first store of some rows only: the other rows are not held
+    fresh.store(full[[2]], torch.tensor([2]), 4)
+    assert (
+        fresh.holds(torch.tensor([2]), 4) and not fresh.holds(torch.tensor([1, 2]), 4) and not fresh.holds()
+    )
+    fresh.invalidate()
+    assert not fresh.holds(torch.tensor([2]), 4)
