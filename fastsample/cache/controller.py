@@ -46,6 +46,7 @@ class _ContextState:
         self.log: list[list[bool]] = []
         self.rows_log: list[int] = []  # rows each logged forward carried
         self.signature: tuple | None = None
+        self.profiled: tuple | None = None  # signature of the last forward profiled in this context
 
     def reset(self) -> None:
         for slot in self.slots:
@@ -208,6 +209,7 @@ class CacheController:
             finally:
                 self._counter = None
         self.profiles[self.active.signature] = (float(counter.total_macs), self._site_macs)
+        self.active.profiled = self.active.signature
         return out
 
     def _call_site(self, index: int, forward: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
@@ -325,7 +327,9 @@ class CacheController:
                 continue
             computed[ctx] = np.array(state.log, dtype=bool).reshape(len(state.log), len(names))
             rows[ctx] = np.array(state.rows_log, dtype=np.int64)
-            profile = self.profiles.get(state.signature)
+            # the last forward's shape, else the last one profiled in this context (a re-packed batch of
+            # another size: the per-site MAC shares, all that the fractions use, do not depend on the rows)
+            profile = self.profiles.get(state.signature) or self.profiles.get(state.profiled)
             if profile is not None:
                 totals[ctx], site_macs[ctx] = profile
         held = sum(

@@ -96,6 +96,7 @@ def test_repacked_guidance_keeps_the_hit_ratio_and_the_savings_multiply(name, ca
     ag_fraction = ag_stats["model_samples"] / (2 * b * STEPS)
     cache_fraction = fora_stats.work_fraction(2 * b)
     assert cache_fraction == pytest.approx(fora_stats.computed_mac_fraction)
+    assert stats.computed_mac_fraction == pytest.approx(fora_stats.computed_mac_fraction)
     if switch is EVEN:  # the target, and here exactly the product
         assert stats.work_fraction(2 * b) <= 1.05 * ag_fraction * cache_fraction
         assert stats.work_fraction(2 * b) == pytest.approx(ag_fraction * cache_fraction, rel=1e-12)
