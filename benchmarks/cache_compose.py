@@ -19,7 +19,7 @@ of ``--batch``. Per row:
 
 Rows: FORA(2, 3); TaylorSeer = FORA's schedule with order-1/2 forecasting; the dynamic first-block threshold
 with and without order-1 forecasting; the dynamic policy calibrated by ``fastsample.calibrate_cache`` (2 calls
-on other seeds) at two ``max_change``; Adaptive Guidance (γ̄ = 0.99, re-packing) alone and with caches.
+on other seeds) at two ``max_change`` and two ``target_skip``; Adaptive Guidance (γ̄ = 0.99, re-packing) alone and with caches.
 
 ``_paired_psnr`` is local so that it can be swapped for ``fastsample.eval.fidelity`` once that lands.
 """
@@ -80,6 +80,10 @@ def _recipes(args: argparse.Namespace) -> list[tuple[str, tuple | None, bool]]:
         rows.append(
             (f"dynamic calibrated(max_change {change:g})", ("calibrated", {"max_change": change}), False)
         )
+    for target in args.target_skips:
+        rows.append(
+            (f"dynamic calibrated(target_skip {target:g})", ("calibrated", {"target_skip": target}), False)
+        )
     rows.append(("AG, uncached", None, True))
     rows.append(("AG + FORA(2)", ("fora", {"interval": 2}), True))
     rows.append(("AG + TaylorSeer(2, order 1)", ("fora", {"interval": 2, "order": 1}), True))
@@ -87,25 +91,30 @@ def _recipes(args: argparse.Namespace) -> list[tuple[str, tuple | None, bool]]:
     return rows
 
 
-def _calibration(pipe: Any, args: argparse.Namespace, max_change: float) -> str:
+def _calibration(pipe: Any, args: argparse.Namespace, **knobs: float) -> str:
     """A calibration file for this setting, fitted on 2 calls of ``--batch`` samples whose seeds differ from
     the evaluation seeds (``fastsample.calibrate_cache``)."""
     from fastsample.cache import calibrate_cache
 
-    path = os.path.join(tempfile.gettempdir(), f"cache_compose_{args.steps}_{max_change:g}.json")
+    ((name, value),) = knobs.items()
+    path = os.path.join(tempfile.gettempdir(), f"cache_compose_{args.steps}_{name}_{value:g}.json")
     if not os.path.exists(path):
         labels = [i % 10 for i in range(args.batch)]
         calibration = calibrate_cache(
             pipe,
             path,
-            max_change=max_change,
             calls=2,
             seed=args.seed + 10_000,
             class_labels=labels,
             num_inference_steps=args.steps,
             guidance_scale=GUIDANCE,
+            **knobs,
         )
-        print(f"calibration {path}: {calibration.coefficients} R2 {calibration.provenance['fit']['r2']:.3f}")
+        fit = calibration.provenance["fit"]
+        print(
+            f"calibration {path}: coefficients {calibration.coefficients}, R2 {fit['r2']:.3f}, max_change "
+            f"{calibration.max_change:.4f}, simulated skip {calibration.provenance['simulated_skip']:.2f}"
+        )
     return path
 
 
@@ -164,6 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ag-threshold", type=float, default=0.99)
     parser.add_argument("--thresholds", type=float, nargs="+", default=[0.05, 0.1])
     parser.add_argument("--max-changes", type=float, nargs="+", default=[0.06, 0.1])
+    parser.add_argument("--target-skips", type=float, nargs="+", default=[0.2, 0.4])
     parser.add_argument("--out", default=None, help="JSON file for the figures")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)

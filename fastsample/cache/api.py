@@ -208,6 +208,7 @@ def enable_cache(
         knobs = {
             "threshold": calibrated.max_change,
             "warmup_steps": calibrated.warmup_steps,
+            "max_consecutive": calibrated.max_consecutive,
             "rescale": calibrated.coefficients,
             **knobs,
         }

@@ -11,10 +11,12 @@ per-model polynomial coefficients. :func:`calibrate_cache` measures them for the
    whole batch;
 2. fit the polynomial ``e ≈ p(d) = Σ_i c_i d^i`` of degree ``degree`` by least squares (``numpy.polyfit``,
    float64), reporting its R² on the calibration pairs;
-3. write a JSON artifact: the coefficients, the threshold ``max_change`` in output units (recompute when the
-   predicted relative L1 change of the output since the last computed step reaches it), the warm-up, the
-   model's class and weight hash, and the provenance (versions, date, pipeline, scheduler, steps, guidance,
-   samples, seed, fit quality).
+3. choose the threshold ``max_change`` in output units (recompute when the predicted relative L1 change of
+   the output since the last computed step reaches it): given, or the smallest one whose simulated skip
+   fraction on the recorded runs reaches ``target_skip`` (:func:`simulate_skips`);
+4. write a JSON artifact: the coefficients, ``max_change``, the warm-up, ``max_consecutive = max_span`` (runs
+   of skips longer than the fitted span are outside the error model), the model's class and weight hash, and
+   the provenance (versions, date, pipeline, scheduler, call, calls, seed, fit quality, simulated skips).
 
 ``enable_cache(pipe, "dynamic", calibration=path)`` loads it (:func:`load_calibration`) and skips the tail
 while ``p(d) < max_change``. A file calibrated on another model (weights hash), or corrupt, is refused with
@@ -43,6 +45,7 @@ from fastsample.integration.adapters import get_adapter, resolve_denoiser
 
 FORMAT = "fastsample-cache-calibration/1"
 _FIELDS = ("model_class", "model_hash", "coefficients", "max_change", "warmup_steps", "provenance")
+_OPTIONAL = ("max_consecutive",)
 
 
 def model_weights_hash(model: torch.nn.Module) -> str:
@@ -68,6 +71,7 @@ class CacheCalibration:
     max_change: float
     warmup_steps: int = 1
     provenance: dict[str, Any] = field(default_factory=dict)
+    max_consecutive: int | None = None  # the fit's span: longer runs of skips are outside the fitted range
 
     def predicted_change(self, indicator: float) -> float:
         """``p(d)``: the predicted relative L1 change of the model output."""
@@ -104,7 +108,7 @@ def load_calibration(path: str | os.PathLike) -> CacheCalibration:
     if meta.pop("format", None) != FORMAT:
         raise ArtifactError(path, expected, f"no 'format': '{FORMAT}' entry")
     require_fields(path, meta, _FIELDS, expected)
-    unknown = sorted(set(meta) - set(_FIELDS))
+    unknown = sorted(set(meta) - set(_FIELDS) - set(_OPTIONAL))
     if unknown:
         raise ArtifactError(path, expected, f"unknown field(s) {unknown}")
     coefficients = meta["coefficients"]
@@ -124,6 +128,9 @@ def load_calibration(path: str | os.PathLike) -> CacheCalibration:
         raise ArtifactError(path, expected, "'model_class' and 'model_hash' must be strings")
     if not isinstance(meta["provenance"], dict):
         raise ArtifactError(path, expected, "'provenance' is not an object")
+    cap = meta.get("max_consecutive")
+    if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int) or cap < 1):
+        raise ArtifactError(path, expected, f"'max_consecutive' {cap!r} is not null or an integer >= 1")
     return CacheCalibration(
         meta["model_class"],
         meta["model_hash"],
@@ -131,6 +138,7 @@ def load_calibration(path: str | os.PathLike) -> CacheCalibration:
         float(change),
         warmup,
         meta["provenance"],
+        cap,
     )
 
 
@@ -160,26 +168,56 @@ class _Recorder:
         y = out[0] if isinstance(out, tuple) else getattr(out, "sample", out)
         self.outputs.append(y.detach().float().cpu())
 
-    def pairs(self, max_span: int) -> tuple[list[float], list[float]]:
-        d, e = [], []
+    def changes(self, max_span: int) -> dict[tuple[int, int], tuple[float, float]]:
+        """``{(j, k): (d_jk, e_jk)}`` for the forwards ``j < k ≤ j + max_span`` (module docstring)."""
+        out = {}
         n = min(len(self.residuals), len(self.outputs))
         for k in range(1, n):
             for j in range(max(0, k - max_span), k):
                 if self.residuals[k].shape == self.residuals[j].shape:
-                    d.append(_relative_l1(self.residuals[k], self.residuals[j]))
-                    e.append(_relative_l1(self.outputs[k], self.outputs[j]))
-        return d, e
+                    out[j, k] = (
+                        _relative_l1(self.residuals[k], self.residuals[j]),
+                        _relative_l1(self.outputs[k], self.outputs[j]),
+                    )
+        return out
+
+    def pairs(self, max_span: int) -> tuple[list[float], list[float]]:
+        """The ``d`` and ``e`` of :meth:`changes`, as two lists."""
+        values = list(self.changes(max_span).values())
+        return [d for d, _ in values], [e for _, e in values]
 
     def close(self) -> None:
         for handle in self._handles:
             handle.remove()
 
 
+def simulate_skips(
+    changes: dict[tuple[int, int], tuple[float, float]],
+    steps: int,
+    coefficients: list[float],
+    max_change: float,
+    warmup_steps: int,
+) -> float:
+    """Fraction of steps whose tail the calibrated dynamic policy would skip on a recorded uncached run: at
+    step ``k ≥ warmup_steps`` it skips when ``p(d_jk) < max_change`` with ``j`` the last computed step and
+    ``(j, k)`` within the recorded span, else it computes (``j = k``). An estimate: the cached run's own
+    trajectory differs a little from the uncached one."""
+    last, skipped = 0, 0
+    for k in range(1, steps):
+        pair = changes.get((last, k))
+        if k >= warmup_steps and pair is not None and np.polyval(coefficients, pair[0]) < max_change:
+            skipped += 1
+        else:
+            last = k
+    return skipped / steps if steps else 0.0
+
+
 def calibrate_cache(
     pipe: Any,
     path: str | os.PathLike | None = None,
     *,
-    max_change: float = 0.05,
+    max_change: float | None = None,
+    target_skip: float | None = None,
     calls: int = 2,
     degree: int = 2,
     max_span: int = 3,
@@ -192,7 +230,11 @@ def calibrate_cache(
     Args:
         pipe: a supported pipeline whose CFG halves are batched (module docstring); it runs uncached.
         path: where to write the artifact (``None``: only return it).
-        max_change: the predicted relative L1 change of the model output at which the tail is recomputed.
+        max_change: the predicted relative L1 change of the model output at which the tail is recomputed
+            (default 0.05 unless ``target_skip`` is given).
+        target_skip: instead of ``max_change``, the fraction of steps whose tail should be skipped: the
+            smallest ``max_change`` whose simulated skip fraction on the recorded runs
+            (:func:`simulate_skips`) reaches it is stored.
         calls: how many pipeline calls to record (call ``i`` gets ``generator=torch.manual_seed(seed + i)``
             unless ``call_kwargs`` has a generator).
         degree: degree of the fitted polynomial (1 to 4).
@@ -205,7 +247,17 @@ def calibrate_cache(
     Returns:
         the :class:`CacheCalibration` (its ``provenance["fit"]`` has the R² and the number of pairs).
     """
-    if isinstance(max_change, bool) or not isinstance(max_change, (int, float)) or not max_change > 0:
+    if max_change is not None and target_skip is not None:
+        raise ValueError("give max_change or target_skip, not both.")
+    if target_skip is not None and (
+        isinstance(target_skip, bool) or not isinstance(target_skip, (int, float)) or not 0 < target_skip < 1
+    ):
+        raise ValueError(f"target_skip must be a number in (0, 1), got {target_skip!r}.")
+    if max_change is None and target_skip is None:
+        max_change = 0.05
+    if max_change is not None and (
+        isinstance(max_change, bool) or not isinstance(max_change, (int, float)) or not max_change > 0
+    ):
         raise ValueError(f"max_change must be a number > 0, got {max_change!r}.")
     for name, value, low, high in (
         ("calls", calls, 1, None),
@@ -230,6 +282,7 @@ def calibrate_cache(
         raise ValueError("calibrate_cache needs the model uncached; disable its cache first.")
     d_all: list[float] = []
     e_all: list[float] = []
+    runs: list[tuple[dict, int]] = []
     for i in range(calls):
         kwargs = dict(call_kwargs)
         kwargs.setdefault("generator", torch.Generator("cpu").manual_seed(seed + i))
@@ -240,9 +293,10 @@ def calibrate_cache(
                 pipe(**kwargs)
         finally:
             recorder.close()
-        d, e = recorder.pairs(max_span)
-        d_all += d
-        e_all += e
+        changes = recorder.changes(max_span)
+        runs.append((changes, len(recorder.outputs)))
+        d_all += [d for d, _ in changes.values()]
+        e_all += [e for _, e in changes.values()]
     if len(d_all) < degree + 1:
         raise ValueError(
             f"calibrate_cache recorded {len(d_all)} pairs of steps, too few for a degree-{degree} fit; use "
@@ -253,6 +307,22 @@ def calibrate_cache(
     residual = e_arr - np.polyval(coefficients, d_arr)
     spread = float(((e_arr - e_arr.mean()) ** 2).sum())
     r2 = 1.0 - float((residual**2).sum()) / spread if spread > 0 else 1.0
+
+    def skip(change: float) -> float:
+        return float(
+            np.mean([simulate_skips(c, n, list(coefficients), change, warmup_steps) for c, n in runs])
+        )
+
+    if target_skip is not None:
+        predicted = np.unique(np.polyval(coefficients, d_arr))
+        candidates = [float(np.nextafter(x, np.inf)) for x in predicted if x > 0]
+        max_change = next((c for c in candidates if skip(c) >= target_skip), None)
+        if max_change is None:
+            raise ValueError(
+                f"no threshold reaches target_skip={target_skip} on the recorded runs (at most "
+                f"{skip(float(predicted.max()) * 2 + 1e-12):.2f} of the steps can be skipped with max_span="
+                f"{max_span}, warmup_steps={warmup_steps})."
+            )
     import diffusers
 
     import fastsample
@@ -269,6 +339,8 @@ def calibrate_cache(
         "calls": calls,
         "seed": seed,
         "fit": {"degree": degree, "max_span": max_span, "pairs": len(d_all), "r2": r2, "dtype": "float32"},
+        "target_skip": target_skip,
+        "simulated_skip": skip(float(max_change)),
     }
     calibration = CacheCalibration(
         type(model).__name__,
@@ -277,10 +349,11 @@ def calibrate_cache(
         float(max_change),
         warmup_steps,
         provenance,
+        max_consecutive=max_span,
     )
     if path is not None:
         calibration.save(path)
     return calibration
 
 
-__all__ = ["CacheCalibration", "calibrate_cache", "load_calibration", "model_weights_hash"]
+__all__ = ["CacheCalibration", "calibrate_cache", "load_calibration", "model_weights_hash", "simulate_skips"]

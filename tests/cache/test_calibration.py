@@ -8,7 +8,7 @@ import torch
 
 import fastsample as fs
 from fastsample.cache import enable_cache, load_calibration
-from fastsample.cache.calibration import FORMAT, _Recorder, model_weights_hash
+from fastsample.cache.calibration import FORMAT, _Recorder, model_weights_hash, simulate_skips
 from fastsample.errors import ArtifactError
 from fastsample.testing import call_kwargs, tiny_pipeline
 
@@ -120,3 +120,36 @@ def test_bad_arguments_and_separate_cfg_pipelines_are_refused():
     flux = tiny_pipeline("flux")
     with pytest.raises(ValueError, match="separate"):
         fs.calibrate_cache(flux, **call_kwargs("flux"))
+
+
+def test_simulated_skips_follow_the_policy_rule():
+    """Reference: the rule walked by hand. p(d) = d, max_change 0.5, warm-up 1, pairs up to span 2."""
+    d = {(0, 1): 0.1, (0, 2): 0.6, (1, 2): 0.2, (2, 3): 0.3, (2, 4): 0.4, (3, 4): 0.1, (4, 5): 0.9}
+    changes = {pair: (value, 0.0) for pair, value in d.items()}
+    # k=1: (0,1) 0.1 skip; k=2: (0,2) 0.6 compute; k=3: (2,3) skip; k=4: (2,4) 0.4 skip; k=5: (2,5) absent
+    assert simulate_skips(changes, 6, [1.0, 0.0], 0.5, 1) == 3 / 6
+    assert simulate_skips(changes, 6, [1.0, 0.0], 0.5, 2) == 2 / 6  # step 1 is in the warm-up
+    assert simulate_skips(changes, 6, [1.0, 0.0], 0.05, 1) == 0.0
+
+
+def test_target_skip_picks_the_smallest_threshold_that_reaches_it():
+    pipe = tiny_pipeline("dit")
+    steps = 10
+    call = _call(num_inference_steps=steps)
+    calibration = fs.calibrate_cache(pipe, None, target_skip=0.3, calls=1, **call)
+    assert calibration.provenance["simulated_skip"] >= 0.3
+    assert calibration.max_consecutive == 3  # the fitted span
+    recorder = _Recorder(pipe.transformer)
+    with torch.no_grad():
+        pipe(**_call(num_inference_steps=steps, generator=torch.Generator().manual_seed(0)))
+    recorder.close()
+    changes = recorder.changes(3)
+    at = simulate_skips(changes, steps, calibration.coefficients, calibration.max_change, 1)
+    below = simulate_skips(
+        changes, steps, calibration.coefficients, float(np.nextafter(calibration.max_change, 0)), 1
+    )
+    assert at >= 0.3 > below
+    with pytest.raises(ValueError, match="not both"):
+        fs.calibrate_cache(pipe, None, max_change=0.1, target_skip=0.3, **call)
+    with pytest.raises(ValueError, match="target_skip"):
+        fs.calibrate_cache(pipe, None, target_skip=1.5, **call)
