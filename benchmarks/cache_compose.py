@@ -19,7 +19,8 @@ of ``--batch``. Per row:
 
 Rows: FORA(2, 3); TaylorSeer = FORA's schedule with order-1/2 forecasting; the dynamic first-block threshold
 with and without order-1 forecasting; the dynamic policy calibrated by ``fastsample.calibrate_cache`` (2 calls
-on other seeds) at two ``max_change`` and two ``target_skip``; Adaptive Guidance (γ̄ = 0.99, re-packing) alone and with caches.
+on other seeds) at two ``max_change`` and two ``target_skip``; Adaptive Guidance (γ̄ = 0.99, re-packing)
+alone and with caches.
 
 ``_paired_psnr`` is local so that it can be swapped for ``fastsample.eval.fidelity`` once that lands.
 """
