@@ -64,6 +64,7 @@ def test_enable_cache_loads_the_calibration_and_skips_by_the_predicted_change(ca
     handle = enable_cache(pipe, "dynamic", calibration=path)
     assert handle.policy.rescale == calibration.coefficients
     assert handle.policy.threshold == calibration.max_change
+    assert handle.policy.max_consecutive == calibration.max_consecutive == 3
     assert "calibrated" in handle.policy.describe()
     pipe(**_call(generator=torch.Generator().manual_seed(5)))
     stats = handle.stats()
@@ -96,6 +97,8 @@ def test_corrupt_foreign_and_missing_files_are_refused(calibrated, tmp_path):
         "foreign.json": json.dumps({"format": "something-else"}),
         "bad_coefficients.json": json.dumps({**data, "coefficients": ["a"]}),
         "bad_change.json": json.dumps({**data, "max_change": -1}),
+        "bad_cap.json": json.dumps({**data, "max_consecutive": 0}),
+        "extra_field.json": json.dumps({**data, "thresholds": [1]}),
         "missing_field.json": json.dumps({k: v for k, v in data.items() if k != "model_hash"}),
     }
     for name, text in cases.items():
