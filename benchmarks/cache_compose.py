@@ -57,34 +57,25 @@ def _paired_psnr(images: torch.Tensor, reference: torch.Tensor) -> np.ndarray:
 
 def _recipes(args: argparse.Namespace) -> list[tuple[str, tuple | None, bool]]:
     """(row name, (cache method, knobs) or None, with AG)."""
-    rows: list[tuple[str, tuple | None, bool]] = [("CFG, uncached", None, False)]
+    cache_rows: list[tuple[str, tuple]] = []
     for interval in (2, 3):
-        rows.append((f"FORA({interval})", ("fora", {"interval": interval}), False))
-        for order in (1, 2):
-            rows.append(
-                (
-                    f"TaylorSeer({interval}, order {order})",
-                    ("fora", {"interval": interval, "order": order}),
-                    False,
-                )
-            )
-    for threshold in args.thresholds:
-        for order in (0, 1):
-            rows.append(
-                (
-                    f"dynamic({threshold:g}, order {order})",
-                    ("dynamic", {"threshold": threshold, "order": order}),
-                    False,
-                )
-            )
-    for change in args.max_changes:
-        rows.append(
-            (f"dynamic calibrated(max_change {change:g})", ("calibrated", {"max_change": change}), False)
-        )
-    for target in args.target_skips:
-        rows.append(
-            (f"dynamic calibrated(target_skip {target:g})", ("calibrated", {"target_skip": target}), False)
-        )
+        cache_rows.append((f"FORA({interval})", ("fora", {"interval": interval})))
+        cache_rows += [
+            (f"TaylorSeer({interval}, order {k})", ("fora", {"interval": interval, "order": k}))
+            for k in (1, 2)
+        ]
+    cache_rows += [
+        (f"dynamic({t:g}, order {k})", ("dynamic", {"threshold": t, "order": k}))
+        for t in args.thresholds
+        for k in (0, 1)
+    ]
+    cache_rows += [
+        (f"dynamic calibrated({name} {value:g})", ("calibrated", {name: value}))
+        for name, values in (("max_change", args.max_changes), ("target_skip", args.target_skips))
+        for value in values
+    ]
+    rows: list[tuple[str, tuple | None, bool]] = [("CFG, uncached", None, False)]
+    rows += [(name, cache, False) for name, cache in cache_rows]
     rows.append(("AG, uncached", None, True))
     rows.append(("AG + FORA(2)", ("fora", {"interval": 2}), True))
     rows.append(("AG + TaylorSeer(2, order 1)", ("fora", {"interval": 2, "order": 1}), True))
