@@ -38,6 +38,7 @@ _LAZY_EXPORTS: dict[str, str] = {
     "CFGPlusPlus": "fastsample.guidance",
     # cache
     "enable_cache": "fastsample.cache",
+    "calibrate_cache": "fastsample.cache",
     # kernels
     "set_attention": "fastsample.kernels",
     "enable_dit_savings": "fastsample.kernels",

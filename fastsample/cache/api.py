@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import inspect
 import logging
+import os
 from typing import Any
 
 import torch
 
 from fastsample.cache.controller import CacheController
 from fastsample.cache.hooks import SITE_HOOK, STEP_HOOK, BlockHook, StepHook, UnitHook, has_fastsample_cache
-from fastsample.cache.policies import FORA, CachePolicy, DynamicThreshold, NoCache, StaticSchedule
+from fastsample.cache.policies import FORA, CachePolicy, DynamicThreshold, NoCache, StaticSchedule, TaylorSeer
 from fastsample.cache.router import HarmoniCaPolicy
 from fastsample.cache.stats import CacheStats
 from fastsample.cache.units import find_sites
@@ -38,6 +39,7 @@ POLICIES: dict[str, type[CachePolicy]] = {
     "dynamic": DynamicThreshold,
     "harmonica": HarmoniCaPolicy,
     "static": StaticSchedule,
+    "taylorseer": TaylorSeer,
 }
 METHODS = tuple(POLICIES)
 
@@ -168,6 +170,7 @@ def enable_cache(
     *,
     compile: bool | dict = False,
     profile_macs: bool = True,
+    calibration: str | os.PathLike | None = None,
     **knobs: Any,
 ) -> CacheHandle:
     """Cache a diffusion transformer's features across denoising steps.
@@ -176,12 +179,19 @@ def enable_cache(
         pipe_or_model: a supported diffusers pipeline (DiT, PixArt, SD3, Flux, fastsample's PixelDiT) or a
             bare             ``DiTTransformer2DModel``/``PixArtTransformer2DModel``/``SD3Transformer2DModel``/
             ``FluxTransformer2DModel``. With a bare model call ``handle.new_run()`` before every sampling run.
-        method: ``"fora"`` (knobs ``interval``, ``level``), ``"dynamic"`` (``threshold``, ``warmup_steps``,
-            ``max_consecutive``), ``"harmonica"`` (``router``, ``threshold``), ``"static"`` (``mask``,
-            ``level``), ``"none"``, or a :class:`~fastsample.cache.policies.CachePolicy` object.
+        method: ``"fora"`` (knobs ``interval``, ``level``, ``order``), ``"taylorseer"`` (the same, forecasting
+            by default), ``"dynamic"`` (``threshold``, ``warmup_steps``, ``max_consecutive``, ``order``),
+            ``"harmonica"`` (``router``, ``threshold``), ``"static"`` (``mask``, ``level``, ``order``),
+            ``"none"``, or a :class:`~fastsample.cache.policies.CachePolicy` object. ``order`` 1 or 2
+            forecasts skipped features instead of reusing them (:mod:`fastsample.cache.forecast`).
         compile: compile each site's original forward with ``torch.compile`` (``True`` or a dict of
             ``torch.compile`` keyword arguments): regional compilation with the decisions outside the graphs.
         profile_macs: count MACs on the first full forward of each input shape (``computed_mac_fraction``).
+        calibration: with ``method="dynamic"``, a JSON file written by
+            :func:`fastsample.cache.calibration.calibrate_cache` for this model: its error model, threshold
+            and warm-up replace the hand-set ``threshold`` (explicit knobs still override). A file
+            calibrated on another model is refused with an :class:`~fastsample.errors.ArtifactError`
+            naming it.
 
     Returns:
         a :class:`CacheHandle`.
@@ -198,6 +208,20 @@ def enable_cache(
         raise TypeError(f"profile_macs must be a bool, got {type(profile_macs).__name__}.")
     pipe, model = _resolve(pipe_or_model)
     check_no_cache(model)
+    if calibration is not None:
+        if method != "dynamic":
+            raise ValueError(f"calibration= applies to method='dynamic', got method={method!r}.")
+        from fastsample.cache.calibration import load_calibration
+
+        calibrated = load_calibration(calibration)
+        calibrated.check_model(model, calibration)
+        knobs = {
+            "threshold": calibrated.max_change,
+            "warmup_steps": calibrated.warmup_steps,
+            "max_consecutive": calibrated.max_consecutive,
+            "rescale": calibrated.coefficients,
+            **knobs,
+        }
     policy = make_policy(method, **knobs)
     sites = find_sites(model, policy.level)
     policy.bind(model, sites)

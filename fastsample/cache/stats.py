@@ -5,6 +5,14 @@ convolutions and attention; element-wise work is not counted, as in the papers' 
 MACs of a whole denoiser forward and ``m_i`` those of site ``i``, the computed fraction of a run is
 
     f = Σ_steps (M - Σ_{i reused} m_i) / (steps · M),   theoretical speed-up = 1 / f.
+
+When another capability changes how many rows each forward carries (Adaptive Guidance re-packing the CFG
+batch), the work of the composed recipe relative to full batches of ``R`` rows is
+
+    W = Σ_steps rows_k (M - Σ_{i reused at k} m_i) / (steps · R · M)        (:meth:`CacheStats.work_fraction`)
+
+(MACs of a transformer forward are linear in its rows), which is the product of the two savings when they
+compose: (Σ rows_k / (steps · R)) × f.
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ class CacheStats:
     site_macs: dict[str, np.ndarray] = field(default_factory=dict)  # by context
     measured_speedup: float | None = None
     cache_bytes: int = 0  # memory held by the cache buffers (all contexts)
+    rows: dict[str, np.ndarray] = field(default_factory=dict)  # rows each forward carried, by context
 
     # ---------------------------------------------------------------- counts
     @property
@@ -78,6 +87,25 @@ class CacheStats:
             full += total * computed.shape[0]
             spent += total * computed.shape[0] - float(((~computed) * sites).sum())
         return spent / full if full else None
+
+    def work_fraction(self, full_rows: int | None = None) -> float:
+        """Row-weighted fraction of the work of full, uncached forwards of ``full_rows`` rows (default: the
+        most rows any forward carried), MAC-weighted when a forward was profiled, else by site count (module
+        docstring)."""
+        if not self.rows:
+            raise ValueError("these stats carry no per-forward row counts.")
+        reference = full_rows if full_rows is not None else max(int(r.max()) for r in self.rows.values())
+        if not isinstance(reference, int) or reference < 1:
+            raise ValueError(f"full_rows must be a positive integer, got {full_rows!r}.")
+        spent = full = 0.0
+        for ctx, computed in self.computed.items():
+            if ctx in self.total_macs and self.total_macs[ctx]:
+                reused = ((~computed) * self.site_macs[ctx]).sum(axis=1) / self.total_macs[ctx]
+            else:
+                reused = (~computed).mean(axis=1)
+            spent += float((self.rows[ctx] * (1.0 - reused)).sum())
+            full += reference * computed.shape[0]
+        return spent / full if full else 0.0
 
     @property
     def theoretical_speedup(self) -> float | None:

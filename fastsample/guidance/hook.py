@@ -16,7 +16,9 @@ leading dimension is the full batch is sliced) and when it plans ``"none"`` the 
 When it plans ``"full"`` but its :meth:`~fastsample.guidance.methods.GuidanceMethod.uncond_mask` leaves some
 samples out (Adaptive Guidance after some samples switched), the batch is re-packed: the model runs on all
 conditional rows plus the unconditional rows of the masked samples only, with every batched argument
-selected the same way, and the unmasked samples get u = c.
+selected the same way, and the unmasked samples get u = c. A re-packed or conditional-only forward declares
+the canonical rows it carries (:func:`fastsample.integration.rows.carrying_rows`), so per-row state below the
+hook (the feature cache) follows the batch.
 Per-generation state is reset at the start of each ``pipe(...)`` through
 :mod:`fastsample.integration.call_scope`, which also hands the hook the call's bound arguments: the pipeline's
 guidance scale and CFG switch come from them (or from an attribute such as ``pipe._guidance_scale``) as the
@@ -47,6 +49,7 @@ from fastsample.integration.hooks import (
     context_name,
     invalidate_registry_cache,
 )
+from fastsample.integration.rows import carrying_rows
 
 from .context import GuidanceContext
 from .methods import GuidanceMethod
@@ -192,9 +195,20 @@ class GuidanceHook(ModelHook):
     def reset_state(self, module: torch.nn.Module) -> torch.nn.Module:
         return module
 
+    def initialize_hook(self, module: torch.nn.Module) -> torch.nn.Module:
+        self._module = module  # the denoiser, on which forwards declare the rows they carry
+        return module
+
     # ------------------------------------------------------------------ helpers
-    def _run(self, args: tuple, kwargs: dict) -> Any:
-        out = self.fn_ref.original_forward(*args, **kwargs)
+    def _run(self, args: tuple, kwargs: dict, rows: Any = None, full: int | None = None) -> Any:
+        """Call the model; with ``rows`` (a slice or index tensor of the canonical batch of ``full`` rows) the
+        forward declares which rows it carries (:mod:`fastsample.integration.rows`), so that per-row state
+        below it (the feature cache) follows a re-packed batch."""
+        if rows is None:
+            out = self.fn_ref.original_forward(*args, **kwargs)
+        else:
+            with carrying_rows(self._module, rows, full):
+                out = self.fn_ref.original_forward(*args, **kwargs)
         self.stats["model_calls"] += 1
         self.stats["model_samples"] += int(self._hidden_and_timestep(args, kwargs)[0].shape[0])
         return out
@@ -324,7 +338,7 @@ class GuidanceHook(ModelHook):
             (c, c_rest), (u, u_rest) = self._split_channels(pred[c_idx]), self._split_channels(pred[u_idx])
             guided = self.method(c, u, ctx)
         elif plan == "cond":
-            out = self._run(_slice_batch(args, n, c_idx), _slice_batch(kwargs, n, c_idx))
+            out = self._run(_slice_batch(args, n, c_idx), _slice_batch(kwargs, n, c_idx), c_idx, n)
             c, c_rest = self._split_channels(_prediction(out))
             u_rest = c_rest
             guided = self.method(c, None, ctx)
@@ -354,7 +368,7 @@ class GuidanceHook(ModelHook):
         cond_rows = torch.arange(b) if cond_first else torch.arange(b, n)
         uncond_rows = (b if cond_first else 0) + active
         rows = torch.cat([cond_rows, uncond_rows] if cond_first else [uncond_rows, cond_rows])
-        out = self._run(_slice_batch(args, n, rows), _slice_batch(kwargs, n, rows))
+        out = self._run(_slice_batch(args, n, rows), _slice_batch(kwargs, n, rows), rows, n)
         pred = _prediction(out)
         c_part, u_part = (pred[:b], pred[b:]) if cond_first else (pred[m:], pred[:m])
         c, c_rest = self._split_channels(c_part)

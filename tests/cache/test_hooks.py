@@ -19,6 +19,8 @@ STEPS = 4
         ("fora", {"interval": 1}),
         ("fora", {"interval": 1, "level": "block"}),
         ("dynamic", {"threshold": 0.0}),
+        ("taylorseer", {"interval": 1, "order": 2}),
+        ("dynamic", {"threshold": 0.0, "order": 1}),
     ],
 )
 def test_zero_reuse_is_bitwise_equal_to_no_cache(family, method, knobs):
@@ -91,6 +93,8 @@ def test_disable_restores_the_model_exactly(family):
         ("fora", {"interval": 2}),
         ("dynamic", {"threshold": 1.0}),
         ("fora", {"level": "block"}),
+        ("taylorseer", {"interval": 2, "order": 2}),
+        ("dynamic", {"threshold": 1.0, "order": 1}),
     ]:
         handle = enable_cache(model, method, **knobs)
         assert not torch.equal(sample(model, family, STEPS), reference)
@@ -230,6 +234,9 @@ def test_bad_knobs_and_targets_are_refused():
         enable_cache(model, "dynamic", threshold=-1)
     with pytest.raises(ValueError, match="max_consecutive"):
         enable_cache(model, "dynamic", max_consecutive=0)
+    for order in (3, -1, True, 1.0):
+        with pytest.raises(ValueError, match="order"):
+            enable_cache(model, "fora", order=order)
     with pytest.raises(ValueError, match="columns"):
         enable_cache(model, "static", mask=np.ones((3, 2), dtype=bool))
     with pytest.raises(ValueError, match="step 0"):
