@@ -17,6 +17,14 @@ __all__ = [
     "is_flow_config",
 ]
 
+#: every fastsample scheduler class (their keys form the "family" that ``from_config`` accepts)
+SCHEDULER_CLASSES = (
+    "GHVBScheduler",
+    "HeavyBallScheduler",
+    "MomentumDPMSolverMultistepScheduler",
+    "PNDMFamilyScheduler",
+)
+
 
 def benchmark_entries() -> list:
     """Our recommended configurations as ``fastsample.zoo.solver_table.SolverEntry`` rows (VP and flow).

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 # b^{(k)}: numerators and common denominator, newest first
 _AB = {
     1: ((1,), 1),
@@ -56,3 +58,51 @@ def split_ghvb_order(q: float) -> tuple[int, float]:
         return int(q), 1.0
     k = math.floor(q) + 1
     return k, float(q - math.floor(q))
+
+
+def variable_adams_bashforth(taus: tuple[float, ...], tau_next: float) -> tuple[float, ...]:
+    """Variable-step Adams–Bashforth weights, newest first: U = Σ_j b_j f(τ_{n−j}) with y' = f.
+
+    ``taus`` = (τ_n, τ_{n−1}, ...) are the points of the slope history (newest first), ``tau_next`` the step's
+    end; b_j = (1/h)·∫_{τ_n}^{τ_{n+1}} L_j(τ) dτ with h = τ_{n+1} − τ_n and L_j the Lagrange basis polynomial
+    of the nodes (the exact integral of the interpolant, Hairer–Nørsett–Wanner I, §III.5). On a uniform grid
+    (τ_{n−j} = τ_n − j·h) this is :func:`adams_bashforth` of order ``len(taus)``; one node gives Euler.
+    """
+    k = len(taus)
+    if not 1 <= k <= MAX_ORDER:
+        raise ValueError(f"variable-step Adams–Bashforth needs 1..{MAX_ORDER} nodes, got {k}")
+    h = tau_next - taus[0]
+    if h == 0.0:
+        raise ValueError("`tau_next` equals the newest node: zero step")
+    u = [(t - taus[0]) / h for t in taus]  # nodes in units of the step, u_0 = 0, the step is [0, 1]
+    if len(set(u)) != k:
+        raise ValueError(f"the nodes {taus} are not distinct")
+    weights = []
+    for j in range(k):
+        poly = np.polynomial.Polynomial([1.0])
+        for m in range(k):
+            if m != j:
+                poly = poly * np.polynomial.Polynomial([-u[m], 1.0]) / (u[j] - u[m])
+        antiderivative = poly.integ()
+        weights.append(float(antiderivative(1.0) - antiderivative(0.0)))
+    return tuple(weights)
+
+
+def variable_ghvb(taus: tuple[float, ...], tau_next: float, beta: float) -> tuple[float, ...]:
+    """GHVB weights c_j/β (newest first) on a non-uniform grid, applied to the velocity history v.
+
+    On a uniform grid GHVB's coefficients split as c^{(k)}(z; β) = (1−β)·(1−z)·b^{(k−1)}(z) + β·b^{(k)}(z)
+    (z the backward shift; e.g. c^{(2)} = (1 + β/2, −1 + β/2)), i.e.
+    U = ((1−β)/β)·AB_{k−1}(Δv) + AB_k(v) with Δv_n = v_n − v_{n−1}. Here both Adams–Bashforth parts use the
+    variable-step weights of :func:`variable_adams_bashforth`, so the result equals ``ghvb(k, β)/β`` on a
+    uniform grid and variable-step AB-k on the slopes for β = 1.
+    """
+    k = len(taus)
+    out = list(variable_adams_bashforth(taus, tau_next))
+    if k > 1 and beta != 1.0:
+        lower = variable_adams_bashforth(taus[: k - 1], tau_next)
+        scale = (1.0 - beta) / beta
+        for j, b in enumerate(lower):  # b·(v_{n−j} − v_{n−j−1})
+            out[j] += scale * b
+            out[j + 1] -= scale * b
+    return tuple(out)

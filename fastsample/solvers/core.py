@@ -22,8 +22,10 @@ slope of each warm-up step enters the multistep history, as in PNDM.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,6 +34,7 @@ from diffusers.configuration_utils import ConfigMixin
 from diffusers.schedulers.scheduling_utils import KarrasDiffusionSchedulers, SchedulerMixin, SchedulerOutput
 
 from fastsample.solvers import grids
+from fastsample.solvers.kwargs_check import StrictKwargsMixin
 from fastsample.solvers.rules import Rule
 
 logger = logging.getLogger(__name__)
@@ -75,6 +78,7 @@ class _Call:
     slope_b: float
     move_a: float  # x_target = move_a·x_base + move_b·U
     move_b: float
+    max_order: int | None = None  # cap on the multistep order at this call (lower-order final steps)
 
 
 def is_flow_config(config) -> bool:
@@ -92,7 +96,7 @@ def is_flow_config(config) -> bool:
     return any(k in config for k in _FLOW_CONFIG_KEYS)
 
 
-class MultistepCore(SchedulerMixin, ConfigMixin):
+class MultistepCore(StrictKwargsMixin, SchedulerMixin, ConfigMixin):
     """Base class of the fastsample schedulers (not used directly). Subclasses register their ``__init__``
     with ``@register_to_config`` (the common keys below plus their own) and implement ``_make_rule``
     (and ``_warmup`` for a Runge–Kutta start).
@@ -111,6 +115,9 @@ class MultistepCore(SchedulerMixin, ConfigMixin):
 
     _compatibles = [e.name for e in KarrasDiffusionSchedulers] + ["FlowMatchEulerDiscreteScheduler"]
     order = 1
+    #: debug aid: check every model output for NaN/inf (one device sync per step; off by default). Set it on
+    #: an instance, or on the class, or with the environment variable ``FASTSAMPLE_CHECK_FINITE=1``.
+    check_finite: bool = os.environ.get("FASTSAMPLE_CHECK_FINITE", "") not in ("", "0")
 
     # ------------------------------------------------------------------------------------------ set-up
     def _init_core(self) -> None:
@@ -422,7 +429,8 @@ class MultistepCore(SchedulerMixin, ConfigMixin):
                     target = nodes[st + 1] if st + 1 < len(nodes) else grid(i + 1)
                     calls.append(self._make_call(p, i, target, st, tableau))
             else:
-                calls.append(self._make_call(i, i, grid(i + 1), 0, None))
+                call = self._make_call(i, i, grid(i + 1), 0, None)
+                calls.append(dataclasses.replace(call, max_order=self._order_cap(i, n)))
         self._calls = calls
         call_labels = np.array([plabel[c.point] for c in calls], dtype=np.float64)
         if integer_labels:
@@ -433,6 +441,13 @@ class MultistepCore(SchedulerMixin, ConfigMixin):
         self.sigmas = torch.tensor(level, dtype=torch.float32)
         self.num_inference_steps = n
         self._reset_state()
+
+    def _order_cap(self, i: int, n: int) -> int | None:
+        """The order cap of grid step i of n: 1 at the last step when ``lower_order_final`` is set and n < 15
+        (as DPM-Solver's ``lower_order_final``: the step into σ = 0 is the stiffest at few steps)."""
+        if getattr(self.config, "lower_order_final", False) and i == n - 1 and n < 15:
+            return 1
+        return None
 
     def _level(self, alpha: float, sigma: float) -> float:
         """The public noise level of a point: σ̄ = σ/α (VP, ∞ at zero SNR) or s (flow)."""
@@ -504,7 +519,7 @@ class MultistepCore(SchedulerMixin, ConfigMixin):
                 f"`step` was called {i + 1} times but there are only {len(self._calls)} timesteps"
             )
         out = model_output.float()
-        if not math.isfinite(float(out.sum())):
+        if self.check_finite and not math.isfinite(float(out.sum())):
             raise ValueError(
                 f"{type(self).__name__}: the model output at step index {i} "
                 f"(timestep {float(self.timesteps[i])}) "
@@ -520,11 +535,12 @@ class MultistepCore(SchedulerMixin, ConfigMixin):
             if call.target == call.point:  # a cut warm-up stage (img2img): evaluated, not moved
                 self._step_index += 1
                 return SchedulerOutput(prev_sample=sample) if return_dict else (sample,)
-            terms, base = self._rule.terms(f), x
+            tau = self._tau
+            terms, base = self._rule.terms(f, tau[call.point], tau[call.target], call.max_order), x
         else:
             if call.stage == 0:
                 self._stage_base, self._stage_slopes = x, [f]
-                self._rule.record(f)
+                self._rule.record(f, self._tau[call.point])
             else:
                 self._stage_slopes.append(f)
             tab = call.tableau

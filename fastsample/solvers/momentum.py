@@ -52,6 +52,8 @@ class HeavyBallScheduler(MultistepCore):
         plms_order: int = 4,
         momentum: float = 0.8,
         nesterov: bool = False,
+        variable_step: bool = False,
+        lower_order_final: bool = False,
         num_train_timesteps: int = 1000,
         beta_start: float = 0.0001,
         beta_end: float = 0.02,
@@ -87,7 +89,7 @@ class HeavyBallScheduler(MultistepCore):
 
     def _make_rule(self) -> Rule:
         cfg = self.config
-        return HeavyBall(cfg.plms_order, float(cfg.momentum), bool(cfg.nesterov))
+        return HeavyBall(cfg.plms_order, float(cfg.momentum), bool(cfg.nesterov), bool(cfg.variable_step))
 
 
 class GHVBScheduler(MultistepCore):
@@ -98,6 +100,8 @@ class GHVBScheduler(MultistepCore):
     def __init__(
         self,
         ghvb_order: float = 2.5,
+        variable_step: bool = False,
+        lower_order_final: bool = False,
         num_train_timesteps: int = 1000,
         beta_start: float = 0.0001,
         beta_end: float = 0.02,
@@ -130,4 +134,4 @@ class GHVBScheduler(MultistepCore):
 
     def _make_rule(self) -> Rule:
         k, beta = split_ghvb_order(self.config.ghvb_order)
-        return GeneralizedHeavyBall(k, beta)
+        return GeneralizedHeavyBall(k, beta, bool(self.config.variable_step))

@@ -404,6 +404,7 @@ def test_bad_calls_are_refused():
 
 def test_nan_in_model_output_names_the_step():
     s = _make("plms")
+    s.check_finite = True  # a debug aid: off by default (it syncs the device once per step)
     model = vp_pseudo_model(s.alphas_cumprod)
     s.set_timesteps(6)
     x = X0.clone()
