@@ -140,6 +140,9 @@ class MultistepCore(StrictKwargsMixin, SchedulerMixin, ConfigMixin):
             raise ValueError(
                 f"`time_shift_type` must be one of {grids.TIME_SHIFT_TYPES}, got {cfg.time_shift_type!r}"
             )
+        grid = getattr(cfg, "grid", "spacing")
+        if grid not in (*grids.SIGMA_GRIDS, "spacing"):
+            raise ValueError(f"`grid` must be one of {(*grids.SIGMA_GRIDS, 'spacing')}, got {grid!r}")
         if sum(map(bool, (cfg.use_karras_sigmas, cfg.use_exponential_sigmas, cfg.use_beta_sigmas))) > 1:
             raise ValueError(
                 "only one of `use_karras_sigmas`, `use_exponential_sigmas`, `use_beta_sigmas` may be set"
@@ -293,6 +296,7 @@ class MultistepCore(StrictKwargsMixin, SchedulerMixin, ConfigMixin):
         warm-up's extra stages).
         """
         n = self._check_grid_args(num_inference_steps, timesteps, sigmas)
+        kind = self._sigma_kind(custom=timesteps is not None or sigmas is not None)
         if self.is_flow:
             labels, s = grids.flow_levels(
                 self.config,
@@ -300,13 +304,14 @@ class MultistepCore(StrictKwargsMixin, SchedulerMixin, ConfigMixin):
                 None if sigmas is None else np.asarray(sigmas, dtype=np.float64),
                 None if timesteps is None else np.asarray(timesteps, dtype=np.float64),
                 mu,
+                sigma_kind=kind,
             )
             alpha, sigma = list(1.0 - s) + [1.0], list(s) + [0.0]
             integer_labels = False
         else:
             if mu is not None:
                 logger.debug("`mu` is only used by flow-matching schedules with dynamic shifting; ignored")
-            labels, alpha, sigma, integer_labels = self._vp_levels(n, timesteps, sigmas)
+            labels, alpha, sigma, integer_labels = self._vp_levels(n, timesteps, sigmas, kind)
         self._build_plan(np.asarray(labels, dtype=np.float64), alpha, sigma, integer_labels, device)
 
     def _check_grid_args(self, n, timesteps, sigmas) -> int:
@@ -329,18 +334,26 @@ class MultistepCore(StrictKwargsMixin, SchedulerMixin, ConfigMixin):
             raise ValueError(f"`num_inference_steps` must be a positive integer, got {n!r}")
         return int(n)
 
-    def _vp_levels(self, n, timesteps, sigmas):
+    def _sigma_kind(self, custom: bool) -> str | None:
+        """The σ grid of this run: a ``use_*_sigmas`` flag, else the class's ``grid`` key ("karras",
+        "exponential", "beta"; "spacing" = ``timestep_spacing``) unless custom timesteps/sigmas are given or
+        the VP schedule has zero terminal SNR (no finite σ̄ at t = T−1)."""
+        cfg = self.config
+        flags = (cfg.use_karras_sigmas, cfg.use_exponential_sigmas, cfg.use_beta_sigmas)
+        for kind, on in zip(grids.SIGMA_GRIDS, flags):
+            if on:
+                return kind
+        grid = getattr(cfg, "grid", "spacing")
+        if custom or grid == "spacing" or (not self.is_flow and float(self.alphas_cumprod[-1]) == 0.0):
+            return None
+        return grid
+
+    def _vp_levels(self, n, timesteps, sigmas, kind):
         """Labels and (α, σ) of the N call points plus the end point for a VP schedule."""
         cfg = self.config
         ac = self.alphas_cumprod.double().numpy()
         T = cfg.num_train_timesteps
-        kinds = [
-            k
-            for k, on in zip(
-                grids.SIGMA_GRIDS, (cfg.use_karras_sigmas, cfg.use_exponential_sigmas, cfg.use_beta_sigmas)
-            )
-            if on
-        ]
+        kinds = [] if kind is None else [kind]
         if timesteps is not None:
             labels = np.asarray(timesteps, dtype=np.float64)
             if labels.min() < 0 or labels.max() > T - 1:

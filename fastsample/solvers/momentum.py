@@ -52,6 +52,7 @@ class HeavyBallScheduler(MultistepCore):
         plms_order: int = 4,
         momentum: float = 0.8,
         nesterov: bool = False,
+        grid: str = "spacing",
         variable_step: bool = False,
         lower_order_final: bool = False,
         num_train_timesteps: int = 1000,
@@ -99,8 +100,9 @@ class GHVBScheduler(MultistepCore):
     @register_to_config
     def __init__(
         self,
-        ghvb_order: float = 2.5,
-        variable_step: bool = False,
+        ghvb_order: float = 1.8,
+        grid: str = "karras",
+        variable_step: bool | None = None,
         lower_order_final: bool = False,
         num_train_timesteps: int = 1000,
         beta_start: float = 0.0001,
@@ -134,4 +136,7 @@ class GHVBScheduler(MultistepCore):
 
     def _make_rule(self) -> Rule:
         k, beta = split_ghvb_order(self.config.ghvb_order)
-        return GeneralizedHeavyBall(k, beta, bool(self.config.variable_step))
+        variable = self.config.variable_step
+        if variable is None:  # measured best: on in σ̄ (VP), off in s (flow); benchmarks/results/solvers.md
+            variable = not self.is_flow
+        return GeneralizedHeavyBall(k, beta, bool(variable))
