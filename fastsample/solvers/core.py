@@ -382,6 +382,8 @@ class MultistepCore(StrictKwargsMixin, SchedulerMixin, ConfigMixin):
             abar = ac[labels.astype(np.int64)]
             integer_labels = True
         end = 1.0 if self._ends_at_zero() else float(ac[0])
+        if kinds and sigmas is None and cfg.final_sigmas_type is None:
+            end = 1.0  # σ̄ grids end at σ̄ = 0 as DPM-Solver's do (their last level is already σ̄(t=0))
         if sigmas is not None:
             end = 1.0 / (1.0 + end_sb * end_sb)
         abar = np.append(abar, end)

@@ -7,7 +7,7 @@ an NFE, find the grid whose N-step solution is closest to a fine reference solut
 Parametrisation (monotone by construction). The first level is the scheduler's own start (σ̄_max for VP,
 s_max for flow) and the end is its own end, so the fitted grid covers the same noise range as the default
 one and its error is measured against the same reference. The N − 1 interior levels live in
-ρ = log σ̄ (VP) or ρ = logit s (flow): with the N interval weights z = softmax(θ),
+ρ = log σ̄ (VP) or ρ = log s (flow; s_max = 1 stays finite): with the N interval weights z = softmax(θ),
 
     ρ_i = ρ_max − (ρ_max − ρ_min)·(z_1 + … + z_i),   i = 1 .. N − 1,
 
@@ -237,12 +237,6 @@ def _errors(final: torch.Tensor, reference: torch.Tensor) -> np.ndarray:
     return torch.nan_to_num(err, nan=math.inf).numpy()
 
 
-def _to_rho(levels: np.ndarray, family: str) -> np.ndarray:
-    return np.log(levels) if family == "vp" else np.log(levels / (1.0 - levels))
-
-
-def _from_rho(rho: np.ndarray, family: str) -> np.ndarray:
-    return np.exp(rho) if family == "vp" else 1.0 / (1.0 + np.exp(-rho))
 
 
 def _default_levels(scheduler, n: int) -> np.ndarray:
@@ -299,14 +293,14 @@ def fit_grid(
     reference = reference.double()
     start, end = float(default[0]), float(default[-1])
     floor = float(default[-2])  # the smallest non-zero default level
-    rho_max, rho_min = _to_rho(np.array([start]), family)[0], _to_rho(np.array([floor]), family)[0]
+    rho_max, rho_min = math.log(start), math.log(floor)
     span = rho_max - rho_min
 
     def levels_of(theta: np.ndarray) -> np.ndarray:
         z = np.exp(theta - theta.max())
         z = z / z.sum()
         rho = rho_max - span * np.cumsum(z)[: nfe - 1]
-        return np.concatenate([[start], _from_rho(rho, family), [end]])
+        return np.concatenate([[start], np.exp(rho), [end]])
 
     def sigmas_arg(levels: np.ndarray) -> list[float]:
         art = GridArtifact(list(levels), family, nfe, None, {}, "", "")
@@ -320,7 +314,7 @@ def fit_grid(
         return float(np.minimum(_errors(final, reference), error_cap).mean())
 
     # θ of the default grid: interval weights in ρ between the default levels (slack = default[-2] → floor)
-    rho_default = _to_rho(default[1:-1], family)
+    rho_default = np.log(default[1:-1])
     steps = -np.diff(np.concatenate([[rho_max], rho_default]))
     theta0 = np.log(np.maximum(np.append(steps, 0.05 * span), 1e-6))
     default_loss = loss(theta0)
