@@ -27,20 +27,26 @@ SCHEDULER_CLASSES = (
 
 
 def benchmark_entries() -> list:
-    """Our recommended configurations as ``fastsample.zoo.solver_table.SolverEntry`` rows (VP and flow).
+    """Our configurations as ``fastsample.zoo.solver_table.SolverEntry`` rows (VP and flow).
 
-    Each ``make(config)`` builds the scheduler from the base scheduler config with ``from_config``. VP rows
-    end at σ̄ = 0 (``final_sigmas_type="zero"``) on DPM-Solver's linspace grid, i.e. the same noise range as
-    the DPM-Solver/Euler/UniPC rows built from the same config (SD1.5's ``set_alpha_to_one=False`` would
-    otherwise stop them at ᾱ[0]); "Karras" rows use the Karras σ̄ grid as "DPM++2M Karras" does.
+    Each ``make(config)`` builds the scheduler from the base scheduler config with ``from_config``. The
+    "default" rows are ``GHVBScheduler.from_config(config)`` with no arguments, what a user gets: q = 1.8 on
+    the Karras grid ending at σ̄ = 0, variable-step weights for VP. The other rows pin the equal-step
+    coefficient tables (``variable_step=False``) on the grid their name says, as measured before the
+    defaults changed; VP rows end at σ̄ = 0 (``final_sigmas_type="zero"``) like the DPM-Solver/Euler/UniPC
+    rows built from the same config.
     """
     from fastsample.zoo.solver_table import SolverEntry
 
     def factory(cls, **overrides):
         return lambda config: cls.from_config(config, **overrides)
 
-    def vp_factory(cls, **overrides):
-        return factory(cls, final_sigmas_type="zero", **overrides)
+    def table(cls, karras=False, **overrides):  # the equal-step tables on the linspace or Karras grid
+        grid = {"use_karras_sigmas": True} if karras else {"grid": "spacing"}
+        return factory(cls, final_sigmas_type="zero", variable_step=False, **grid, **overrides)
+
+    def flow_table(cls, **overrides):
+        return factory(cls, grid="spacing", variable_step=False, **overrides)
 
     def _dpm_flow(config):  # diffusers' DPM flow mode spells FlowMatch's `shift` as `flow_shift`
         return MomentumDPMSolverMultistepScheduler.from_config(
@@ -52,24 +58,26 @@ def benchmark_entries() -> list:
         )
 
     vp = [
-        ("PLMS4 (fastsample)", vp_factory(GHVBScheduler, ghvb_order=4)),
-        ("GHVB 1.5", vp_factory(GHVBScheduler, ghvb_order=1.5)),
-        ("GHVB 2.5", vp_factory(GHVBScheduler, ghvb_order=2.5)),
-        ("GHVB 3.8", vp_factory(GHVBScheduler, ghvb_order=3.8)),
-        ("PLMS4 + HB 0.8", vp_factory(HeavyBallScheduler, plms_order=4, momentum=0.8)),
+        ("GHVB default", factory(GHVBScheduler)),
+        ("PLMS4 (fastsample)", table(GHVBScheduler, ghvb_order=4)),
+        ("GHVB 1.5", table(GHVBScheduler, ghvb_order=1.5)),
+        ("GHVB 2.5", table(GHVBScheduler, ghvb_order=2.5)),
+        ("GHVB 3.8", table(GHVBScheduler, ghvb_order=3.8)),
+        ("PLMS4 + HB 0.8", table(HeavyBallScheduler, plms_order=4, momentum=0.8)),
         ("DPM++2M + HB 0.8", factory(MomentumDPMSolverMultistepScheduler, momentum=0.8)),
-        ("GHVB 1.8 Karras", vp_factory(GHVBScheduler, ghvb_order=1.8, use_karras_sigmas=True)),
-        ("GHVB 2 Karras", vp_factory(GHVBScheduler, ghvb_order=2, use_karras_sigmas=True)),
+        ("GHVB 1.8 Karras", table(GHVBScheduler, karras=True, ghvb_order=1.8)),
+        ("GHVB 2 Karras", table(GHVBScheduler, karras=True, ghvb_order=2)),
         (
             "DPM++2M + HB 0.8 Karras",
             factory(MomentumDPMSolverMultistepScheduler, momentum=0.8, use_karras_sigmas=True),
         ),
     ]
     flow = [
-        ("GHVB 1.5 (flow)", factory(GHVBScheduler, ghvb_order=1.5)),
-        ("GHVB 2.5 (flow)", factory(GHVBScheduler, ghvb_order=2.5)),
-        ("GHVB 3.8 (flow)", factory(GHVBScheduler, ghvb_order=3.8)),
-        ("PLMS4 + HB 0.8 (flow)", factory(HeavyBallScheduler, plms_order=4, momentum=0.8)),
+        ("GHVB default (flow)", factory(GHVBScheduler)),
+        ("GHVB 1.5 (flow)", flow_table(GHVBScheduler, ghvb_order=1.5)),
+        ("GHVB 2.5 (flow)", flow_table(GHVBScheduler, ghvb_order=2.5)),
+        ("GHVB 3.8 (flow)", flow_table(GHVBScheduler, ghvb_order=3.8)),
+        ("PLMS4 + HB 0.8 (flow)", flow_table(HeavyBallScheduler, plms_order=4, momentum=0.8)),
         ("DPM++2M + HB 0.8 (flow)", _dpm_flow),
     ]
     return [SolverEntry(name, "vp", make) for name, make in vp] + [
