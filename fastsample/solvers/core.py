@@ -43,6 +43,7 @@ VP_PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 FLOW_PREDICTION = "flow_prediction"
 PREDICTION_TYPES = (*VP_PREDICTION_TYPES, FLOW_PREDICTION)
 FINAL_SIGMAS_TYPES = ("zero", "sigma_min")
+SOLVER_SPACES = ("auto", "data")
 _FLOW_CONFIG_KEYS = ("shift", "use_dynamic_shifting", "base_shift", "max_shift", "shift_terminal")
 
 
@@ -140,6 +141,9 @@ class MultistepCore(StrictKwargsMixin, SchedulerMixin, ConfigMixin):
             raise ValueError(
                 f"`time_shift_type` must be one of {grids.TIME_SHIFT_TYPES}, got {cfg.time_shift_type!r}"
             )
+        space = getattr(cfg, "solver_space", "auto")
+        if space not in SOLVER_SPACES:
+            raise ValueError(f"`solver_space` must be one of {SOLVER_SPACES}, got {space!r}")
         grid = getattr(cfg, "grid", "spacing")
         if grid not in (*grids.SIGMA_GRIDS, "spacing"):
             raise ValueError(f"`grid` must be one of {(*grids.SIGMA_GRIDS, 'spacing')}, got {grid!r}")
@@ -313,6 +317,7 @@ class MultistepCore(StrictKwargsMixin, SchedulerMixin, ConfigMixin):
                 logger.debug("`mu` is only used by flow-matching schedules with dynamic shifting; ignored")
             labels, alpha, sigma, integer_labels = self._vp_levels(n, timesteps, sigmas, kind)
         self._build_plan(np.asarray(labels, dtype=np.float64), alpha, sigma, integer_labels, device)
+        self._rule.exponential = self._space == "data"
 
     def _check_grid_args(self, n, timesteps, sigmas) -> int:
         given = [x for x in (timesteps, sigmas) if x is not None]
@@ -413,7 +418,11 @@ class MultistepCore(StrictKwargsMixin, SchedulerMixin, ConfigMixin):
                 "information "
                 "about x0; use prediction_type='v_prediction' or 'sample' (or timestep_spacing='leading')"
             )
-        self._space = "flow" if (self.is_flow or alpha[0] == 0.0) else "sigma_bar"
+        space = getattr(self.config, "solver_space", "auto")
+        if space == "data":
+            self._space = "data"
+        else:
+            self._space = "flow" if (self.is_flow or alpha[0] == 0.0) else "sigma_bar"
         pa, ps, plabel = list(alpha[:n]), list(sigma[:n]), list(labels)
         tableau, n_warm = self._warmup()
         # the model is never evaluated at the end level: the last step is always a multistep step
@@ -462,6 +471,8 @@ class MultistepCore(StrictKwargsMixin, SchedulerMixin, ConfigMixin):
         (as DPM-Solver's ``lower_order_final``: the step into σ = 0 is the stiffest at few steps)."""
         if getattr(self.config, "lower_order_final", False) and i == n - 1 and n < 15:
             return 1
+        if self._space == "data" and i == n - 1 and self._points_sigma[-1] == 0.0:
+            return 1  # the step into σ = 0 (λ = ∞) is the data prediction itself: x = α·x̂0
         return None
 
     def _level(self, alpha: float, sigma: float) -> float:
@@ -471,7 +482,9 @@ class MultistepCore(StrictKwargsMixin, SchedulerMixin, ConfigMixin):
         return math.inf if alpha == 0.0 else sigma / alpha
 
     def _tau_scale(self, alpha: float, sigma: float) -> tuple[float, float]:
-        """(τ, c) with y = c·x in the integration space."""
+        """(τ, c) with y = c·x in the integration space (``"data"``: τ = α/σ = e^λ, y = x/σ, ∞ at σ = 0)."""
+        if self._space == "data":
+            return (math.inf, math.inf) if sigma == 0.0 else (alpha / sigma, 1.0 / sigma)
         if self._space == "sigma_bar":
             return sigma / alpha, 1.0 / alpha
         return sigma / (alpha + sigma), 1.0 / (alpha + sigma)
@@ -479,6 +492,14 @@ class MultistepCore(StrictKwargsMixin, SchedulerMixin, ConfigMixin):
     def _slope_coefficients(self, alpha: float, sigma: float) -> tuple[float, float]:
         """(a, b) with slope f = a·x + b·model_output at a point with (α, σ)."""
         pt = self.config.prediction_type
+        if self._space == "data":  # f = x̂0
+            if pt == "epsilon":  # x̂0 = (x − σ ε̂)/α
+                return 1.0 / alpha, -sigma / alpha
+            if pt == "v_prediction":  # x̂0 = αx − σv
+                return alpha, -sigma
+            if pt == FLOW_PREDICTION:  # x̂0 = x − s·v̂ (α + σ = 1)
+                return 1.0, -sigma
+            return 0.0, 1.0  # sample
         if self._space == "sigma_bar":  # f = ε̂
             if pt == "epsilon":
                 return 0.0, 1.0
@@ -496,6 +517,10 @@ class MultistepCore(StrictKwargsMixin, SchedulerMixin, ConfigMixin):
 
     def _make_call(self, point, base, target, stage, tableau) -> _Call:
         a, b = self._slope_coefficients(self._points_alpha[point], self._points_sigma[point])
+        if self._space == "data":  # y = x/σ, τ = α/σ: x_t = (σ_t/σ_s)·x_s + (α_t − σ_t·α_s/σ_s)·U
+            a_s, s_s = self._points_alpha[base], self._points_sigma[base]
+            a_t, s_t = self._points_alpha[target], self._points_sigma[target]
+            return _Call(point, base, target, stage, tableau, a, b, s_t / s_s, a_t - s_t * a_s / s_s)
         c_base, c_target = self._scale[base], self._scale[target]
         move_a = c_base / c_target
         move_b = (self._tau[target] - self._tau[base]) / c_target

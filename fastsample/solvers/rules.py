@@ -16,6 +16,7 @@ import torch
 
 from fastsample.solvers.coefficients import (
     adams_bashforth,
+    exponential_adams_bashforth,
     ghvb,
     variable_adams_bashforth,
     variable_ghvb,
@@ -44,6 +45,7 @@ class Rule:
     def __init__(self, k: int, variable_step: bool = False) -> None:
         self.k = k
         self.variable_step = variable_step
+        self.exponential = False  # set by the core: data space, weights in λ = log τ
         self.history: list[torch.Tensor] = []
         self.taus: list[float] = []
 
@@ -59,11 +61,18 @@ class Rule:
 
     def _nodes(self, max_order: int | None) -> int:
         r = len(self.history)
-        return r if max_order is None else max(1, min(r, max_order))
+        r = r if max_order is None else max(1, min(r, max_order))
+        if self.exponential:  # λ = log τ is −∞ at zero SNR (a flow run's s = 1): drop such old nodes
+            while r > 1 and self.taus[-r] <= 0.0:
+                r -= 1
+        return r
+
+    def _weight_fn(self):
+        return exponential_adams_bashforth if self.exponential else variable_adams_bashforth
 
     def _ab(self, r: int, tau_next: float) -> tuple[float, ...]:
         if self.variable_step:
-            return variable_adams_bashforth(tuple(reversed(self.taus[-r:])), tau_next)
+            return self._weight_fn()(tuple(reversed(self.taus[-r:])), tau_next)
         return adams_bashforth(r)
 
     def record(self, f: torch.Tensor, tau: float) -> None:
@@ -134,7 +143,7 @@ class GeneralizedHeavyBall(Rule):
         if max_order == 1:  # a first-order step is the Euler/DDIM step on the slope itself
             return [(1.0, f)]
         if self.variable_step:
-            c = variable_ghvb(tuple(reversed(self.taus[-r:])), tau_next, self.beta)
+            c = variable_ghvb(tuple(reversed(self.taus[-r:])), tau_next, self.beta, self._weight_fn())
         else:
             c = tuple(w / self.beta for w in ghvb(r, self.beta))
         return [(w, h) for w, h in zip(c, reversed(self.history))]
