@@ -7,6 +7,7 @@ U = (1/β)·Σ_j c^{(k)}_j(β)·v_{n−j}, where c^{(k)}(β) is linear in β and
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -60,6 +61,7 @@ def split_ghvb_order(q: float) -> tuple[int, float]:
     return k, float(q - math.floor(q))
 
 
+@functools.lru_cache(maxsize=4096)
 def variable_adams_bashforth(taus: tuple[float, ...], tau_next: float) -> tuple[float, ...]:
     """Variable-step Adams–Bashforth weights, newest first: U = Σ_j b_j f(τ_{n−j}) with y' = f.
 
@@ -92,6 +94,7 @@ _GAUSS_U, _GAUSS_W = np.polynomial.legendre.leggauss(16)
 _GAUSS_U, _GAUSS_W = 0.5 * (_GAUSS_U + 1.0), 0.5 * _GAUSS_W  # on [0, 1]
 
 
+@functools.lru_cache(maxsize=4096)
 def exponential_adams_bashforth(taus: tuple[float, ...], tau_next: float) -> tuple[float, ...]:
     """Exponential Adams–Bashforth weights in λ = log τ, newest first, for y' = x̂0(τ) with τ = α/σ = e^λ.
 
@@ -126,6 +129,7 @@ def exponential_adams_bashforth(taus: tuple[float, ...], tau_next: float) -> tup
     return tuple(weights)
 
 
+@functools.lru_cache(maxsize=4096)
 def variable_ghvb(
     taus: tuple[float, ...], tau_next: float, beta: float, ab=None
 ) -> tuple[float, ...]:

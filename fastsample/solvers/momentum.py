@@ -16,11 +16,15 @@ enlarges it:
 
 What they buy: no divergence artifacts at low NFE (≤ 10) and high guidance (w = 7.5–15), at about the error
 of first/second-order solvers. What they do not buy: accuracy at 20+ steps without guidance, where the time
-grid (e.g. Karras) matters more than the solver. The default ``GHVBScheduler`` (q = 2.5) is the stable
-trade-off point on the default grid: it does not blow up at w = 15, NFE 8 on the exact Gaussian-mixture
-oracle. The best configuration we measured there (SD1.5 schedule, 1000 samples) is q = 1.8 on the Karras
-grid: ``GHVBScheduler.from_config(cfg, ghvb_order=1.8, use_karras_sigmas=True, final_sigmas_type="zero")``
-(0 % blow-ups at w = 7.5 / NFE 10 and w = 15 / NFE 8; q ≥ 2.2 on Karras blows up at w = 15, NFE 8).
+grid (e.g. Karras) matters more than the solver.
+
+Defaults (measured on the exact Gaussian-mixture oracle, SD1.5 VP and SD3 flow schedules, mixture seeds 0–4,
+w ∈ {1, 7.5, 15}, NFE 5–10; ``benchmarks/results/solvers.md``): ``GHVBScheduler.from_config(config)`` with
+no arguments is q = 1.8 on the Karras grid (``grid="karras"``) ending at σ̄ = 0, with variable-step weights
+(``variable_step``: the exact integrals of the Lagrange interpolant on the actual non-uniform grid) for VP
+and the equal-step tables for flow (variable-step weights in s diverge more there). Without guidance
+(w ≈ 1, guidance-distilled models) ``solver_space="data"`` (exponential Adams–Bashforth on the data
+prediction in λ = log(α/σ)) is 3–10× more accurate, but it diverges at w ≥ 7.5.
 """
 
 from __future__ import annotations
@@ -96,7 +100,14 @@ class HeavyBallScheduler(MultistepCore):
 
 class GHVBScheduler(MultistepCore):
     """Generalized heavy ball of fractional order ``ghvb_order`` q in (0, 5]: k = ⌊q⌋ + 1, β = q − ⌊q⌋
-    (an integer q is plain PLMS-q, q = 1 is DDIM / FlowMatch-Euler)."""
+    (an integer q is plain PLMS-q, q = 1 is DDIM / FlowMatch-Euler).
+
+    Own keys: ``ghvb_order`` (1.8), ``grid`` ("karras", "exponential", "beta" or "spacing" for
+    ``timestep_spacing``; a ``use_*_sigmas`` flag or custom ``timesteps``/``sigmas`` take precedence),
+    ``solver_space`` ("auto": ε̂ in σ̄ for VP, the velocity in s for flow; "data": x̂0 in λ),
+    ``variable_step`` (None: on for VP, off for flow), ``lower_order_final`` (first order at the last step
+    when N < 15).
+    """
 
     @register_to_config
     def __init__(
