@@ -70,7 +70,10 @@ def main(argv=None) -> int:
     def run(scheduler, steps):
         pipe.scheduler = scheduler
         out = pipe(
-            labels, guidance_scale=args.guidance_scale, num_inference_steps=steps, latents=noise,
+            labels,
+            guidance_scale=args.guidance_scale,
+            num_inference_steps=steps,
+            latents=noise,
             output_type="pt",
         )
         return out.images
@@ -93,9 +96,11 @@ def main(argv=None) -> int:
     command = "OMP_NUM_THREADS=1 nice -n 10 python benchmarks/solver_dit_psnr.py " + " ".join(
         argv if argv is not None else sys.argv[1:]
     )
-    print(f"\ncommand: `{command}`; {args.samples} samples (labels 0..9 cycled, noise seed 0), CFG "
-          f"{args.guidance_scale}, reference DPM++2M {args.reference_steps} steps; median PSNR in dB "
-          f"[quartiles]; wall time {time.perf_counter() - start:.0f} s")
+    print(
+        f"\ncommand: `{command}`; {args.samples} samples (labels 0..9 cycled, noise seed 0), CFG "
+        f"{args.guidance_scale}, reference DPM++2M {args.reference_steps} steps; median PSNR in dB "
+        f"[quartiles]; wall time {time.perf_counter() - start:.0f} s"
+    )
     print("\n".join(lines))
     return 0
 

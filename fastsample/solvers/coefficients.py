@@ -130,9 +130,7 @@ def exponential_adams_bashforth(taus: tuple[float, ...], tau_next: float) -> tup
 
 
 @functools.lru_cache(maxsize=4096)
-def variable_ghvb(
-    taus: tuple[float, ...], tau_next: float, beta: float, ab=None
-) -> tuple[float, ...]:
+def variable_ghvb(taus: tuple[float, ...], tau_next: float, beta: float, ab=None) -> tuple[float, ...]:
     """GHVB weights c_j/β (newest first) on a non-uniform grid, applied to the velocity history v.
 
     On a uniform grid GHVB's coefficients split as c^{(k)}(z; β) = (1−β)·(1−z)·b^{(k−1)}(z) + β·b^{(k)}(z)

@@ -1,5 +1,5 @@
-"""``fastsample fit-grid``: fit a few-step grid for a fastsample scheduler on the exact Gaussian-mixture oracle
-(see :mod:`fastsample.solvers.grid_fit`). Heavy imports live inside the functions."""
+"""``fastsample fit-grid``: fit a few-step grid for a fastsample scheduler on the exact Gaussian-mixture
+oracle (see :mod:`fastsample.solvers.grid_fit`). Heavy imports live inside the functions."""
 
 from __future__ import annotations
 

@@ -113,9 +113,9 @@ class MultistepCore(StrictKwargsMixin, SchedulerMixin, ConfigMixin):
     use_dynamic_shifting, base_shift, max_shift, base_image_seq_len, max_image_seq_len, time_shift_type,
     shift_terminal``) or as ``DPMSolverMultistepScheduler`` does (``use_flow_sigmas, flow_shift``).
 
-    Keys a subclass may register (read with ``getattr``, default in brackets): ``grid`` ["spacing"]: the σ grid
-    when no ``use_*_sigmas`` flag is set; ``solver_space`` ["auto"]: "data" integrates y = x/σ over τ = α/σ
-    with the slope x̂0 (exponential Adams–Bashforth in λ = log τ); ``lower_order_final`` [False].
+    Keys a subclass may register (read with ``getattr``, default in brackets): ``grid`` ["spacing"]: the σ
+    grid when no ``use_*_sigmas`` flag is set; ``solver_space`` ["auto"]: "data" integrates y = x/σ over
+    τ = α/σ with the slope x̂0 (exponential Adams–Bashforth in λ = log τ); ``lower_order_final`` [False].
 
     Unknown keyword arguments raise (``kwargs_check``); the per-step NaN/inf check of the model output is a
     debug aid, off by default because it synchronises the device (``check_finite``).

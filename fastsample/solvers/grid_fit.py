@@ -141,9 +141,7 @@ class GridArtifact:
             raise GridMismatchError(f"this grid was fitted for NFE {self.nfe}, not {nfe}")
         if scheduler is not None:
             ours = _schedule(scheduler.config)
-            diff = {
-                k: (v, ours[k]) for k, v in self.schedule.items() if k in ours and not _close(v, ours[k])
-            }
+            diff = {k: (v, ours[k]) for k, v in self.schedule.items() if k in ours and not _close(v, ours[k])}
             if diff:
                 raise GridMismatchError(
                     f"the scheduler's noise schedule differs from the fitted one (fitted, given): {diff}"
@@ -237,8 +235,6 @@ def _errors(final: torch.Tensor, reference: torch.Tensor) -> np.ndarray:
     return torch.nan_to_num(err, nan=math.inf).numpy()
 
 
-
-
 def _default_levels(scheduler, n: int) -> np.ndarray:
     probe = copy.deepcopy(scheduler)
     probe.set_timesteps(n)
@@ -324,8 +320,12 @@ def fit_grid(
         method="Nelder-Mead",
         options={"maxfev": max_evaluations, "xatol": 1e-3, "fatol": 1e-6, "adaptive": True},
     )
-    best_theta, best_loss = (result.x, float(result.fun)) if result.fun < default_loss else (theta0, default_loss)
-    logger.info("fit_grid: NFE %d, error %.4g -> %.4g (%d evaluations)", nfe, default_loss, best_loss, result.nfev)
+    best_theta, best_loss = (
+        (result.x, float(result.fun)) if result.fun < default_loss else (theta0, default_loss)
+    )
+    logger.info(
+        "fit_grid: NFE %d, error %.4g -> %.4g (%d evaluations)", nfe, default_loss, best_loss, result.nfev
+    )
     return GridArtifact(
         levels=[float(v) for v in levels_of(best_theta)],
         family=family,

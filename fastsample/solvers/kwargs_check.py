@@ -22,12 +22,12 @@ _NOT_KEYS = {"self", "args", "kwargs"}
 
 
 def init_keys(cls: type) -> set[str]:
-    """The keyword arguments of ``cls.__init__`` as ``ConfigMixin`` sees them (the ``__signature__`` if set)."""
+    """The keyword arguments of ``cls.__init__`` as ``ConfigMixin`` sees them (its ``__signature__``)."""
     return {k for k in inspect.signature(cls.__init__).parameters if k not in _NOT_KEYS}
 
 
 def family_keys(cls: type) -> set[str]:
-    """Keys some scheduler of ``cls``'s family understands: its compatibles' and every fastsample scheduler's."""
+    """Keys some scheduler of ``cls``'s family takes: its compatibles' and every fastsample scheduler's."""
     import fastsample.solvers as solvers
 
     keys: set[str] = set()
@@ -98,7 +98,8 @@ def check_from_config_kwargs(cls: type, kwargs: dict) -> None:
 
 
 class StrictKwargsMixin:
-    """Mixin for ``ConfigMixin`` schedulers: unknown keyword arguments to ``__init__``/``from_config`` raise."""
+    """Mixin for ``ConfigMixin`` schedulers: an unknown keyword argument to ``__init__``/``from_config``
+    raises a ``TypeError`` naming the closest valid one."""
 
     def __new__(cls, *args, **kwargs):
         check_init_kwargs(cls, kwargs)

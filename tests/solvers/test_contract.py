@@ -303,7 +303,9 @@ def test_spacings_match_dpm_solver(spacing):
 
 def test_leading_matches_euler_and_custom_sigmas_match_euler():
     eul = EulerDiscreteScheduler.from_config(SD15, timestep_spacing="leading")
-    ours = GHVBScheduler.from_config(SD15, timestep_spacing="leading", final_sigmas_type="zero", grid="spacing")
+    ours = GHVBScheduler.from_config(
+        SD15, timestep_spacing="leading", final_sigmas_type="zero", grid="spacing"
+    )
     eul.set_timesteps(10)
     ours.set_timesteps(10)
     assert torch.equal(ours.timesteps, eul.timesteps.long())

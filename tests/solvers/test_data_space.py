@@ -39,7 +39,7 @@ def test_exponential_weights_integrate_exp_times_polynomials_exactly(k):
     assert sum(b) == pytest.approx(1.0, abs=1e-12)
     for degree in range(k):
         p = np.polynomial.Polynomial(rng.normal(size=degree + 1))
-        exact = quad(lambda x: math.exp(x) * p(x), lam[0], lam_next, epsabs=1e-13)[0]
+        exact = quad(lambda x, p=p: math.exp(x) * p(x), lam[0], lam_next, epsabs=1e-13)[0]
         approx = (math.exp(lam_next) - math.exp(lam[0])) * sum(w * p(x) for w, x in zip(b, lam))
         assert approx == pytest.approx(exact, rel=1e-9)
 

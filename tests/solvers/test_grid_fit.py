@@ -43,8 +43,14 @@ def fitted(request):
     noise, labels = _batch(mixture, 48, seed=1)
     ref = oracle_reference(mixture, labels, noise, s, nfe, w)
     art = fit_grid(
-        s, oracle_model(mixture, labels, s, w), noise, nfe, reference=ref, model_id="oracle-0",
-        guidance_scale=w, max_evaluations=120,
+        s,
+        oracle_model(mixture, labels, s, w),
+        noise,
+        nfe,
+        reference=ref,
+        model_id="oracle-0",
+        guidance_scale=w,
+        max_evaluations=120,
     )
     return request.param, mixture, s, nfe, w, art
 
