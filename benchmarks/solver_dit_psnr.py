@@ -45,6 +45,16 @@ def _rows():
                 c, ghvb_order=2.0, grid="exponential", solver_space="data", variable_step=True
             ),
         ),
+        ("GHVB q1.8 spacing (linspace) vs", lambda c: GHVBScheduler.from_config(c, grid="spacing")),
+        ("GHVB q1.8 exponential vs", lambda c: GHVBScheduler.from_config(c, grid="exponential")),
+        (
+            "GHVB q2.0 spacing vs",
+            lambda c: GHVBScheduler.from_config(c, grid="spacing", ghvb_order=2.0),
+        ),
+        (
+            "GHVB q2.5 spacing vs",
+            lambda c: GHVBScheduler.from_config(c, grid="spacing", ghvb_order=2.5),
+        ),
     ]
 
 
@@ -61,6 +71,7 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     start = time.perf_counter()
     pipe = load_default_pipeline()
+    pipe.set_progress_bar_config(disable=True)
     config = dict(pipe.scheduler.config)
     size = pipe.transformer.config.sample_size
     gen = torch.Generator().manual_seed(0)

@@ -405,6 +405,15 @@ def test_bad_calls_are_refused():
         s.step(X0, 123, X0)
 
 
+def test_no_finite_check_by_default():
+    """The per-step NaN check synchronises the device, so it is off unless asked for (check_finite)."""
+    s = _make("ghvb_default")
+    assert s.check_finite is False
+    s.set_timesteps(4)
+    out = torch.full_like(X0, float("nan"))
+    assert torch.isnan(s.step(out, s.timesteps[0], X0).prev_sample).all()
+
+
 def test_nan_in_model_output_names_the_step():
     s = _make("plms")
     s.check_finite = True  # a debug aid: off by default (it syncs the device once per step)
