@@ -197,6 +197,9 @@ class MultistepCore(StrictKwargsMixin, SchedulerMixin, ConfigMixin):
         self._rule: Rule = self._make_rule()
         self._stage_base: torch.Tensor | None = None
         self._stage_slopes: list[torch.Tensor] = []
+        self._learned = None  # a LearnedCoefficients artifact (``fastsample.solvers.learned``)
+        self._learned_weights: list[tuple[float, ...]] | None = None
+        self._raw_slopes: list[torch.Tensor] = []
 
     def _make_rule(self) -> Rule:
         raise NotImplementedError
@@ -235,6 +238,7 @@ class MultistepCore(StrictKwargsMixin, SchedulerMixin, ConfigMixin):
     def set_begin_index(self, begin_index: int = 0) -> None:
         """Start sampling at ``timesteps[begin_index]`` (called by img2img pipelines before ``add_noise``)."""
         self._begin_index = int(begin_index)
+        self._learned_weights = None  # fitted for full runs from the first grid point
 
     def __len__(self) -> int:
         return self.config.num_train_timesteps
@@ -325,6 +329,7 @@ class MultistepCore(StrictKwargsMixin, SchedulerMixin, ConfigMixin):
             labels, alpha, sigma, integer_labels = self._vp_levels(n, timesteps, sigmas, kind)
         self._build_plan(np.asarray(labels, dtype=np.float64), alpha, sigma, integer_labels, device)
         self._rule.exponential = self._space == "data"
+        self._match_learned()
 
     def _check_grid_args(self, n, timesteps, sigmas) -> int:
         given = [x for x in (timesteps, sigmas) if x is not None]
@@ -533,7 +538,38 @@ class MultistepCore(StrictKwargsMixin, SchedulerMixin, ConfigMixin):
         move_b = (self._tau[target] - self._tau[base]) / c_target
         return _Call(point, base, target, stage, tableau, a, b, move_a, move_b)
 
+    def set_learned_coefficients(self, artifact, *, model_hash: str) -> None:
+        """Use fitted per-step weights (``fastsample.solvers.learned.LearnedCoefficients``) on the grid they
+        were fitted on; any other grid (NFE, schedule, custom sigmas) runs the analytic weights. Raises
+        ``ValueError`` if the artifact was fitted for another model, scheduler class or schedule; pass
+        ``None`` to go back to the analytic weights."""
+        if artifact is not None:
+            artifact.check(self, model_hash=model_hash)
+        self._learned = artifact
+        self._match_learned()
+
+    def _match_learned(self) -> None:
+        art = self._learned
+        self._learned_weights = None
+        if art is None or self.sigmas is None or self._begin_index is not None:
+            return
+        levels = [float(v) for v in self.sigmas]
+        calls_are_steps = len(self._calls) == self.num_inference_steps
+        if calls_are_steps and len(levels) == len(art.levels) and np.allclose(levels, art.levels, rtol=1e-5):
+            self._learned_weights = [tuple(w) for w in art.weights]
+            self._learned_k = max(len(w) for w in self._learned_weights)
+        else:
+            logger.info("learned coefficients were fitted on another grid; using the analytic weights")
+
+    def _learned_terms(self, i: int, f: torch.Tensor):
+        """The fitted combination Σ_j a_ij·f_{i−j} of the raw slopes at call i (newest first)."""
+        self._raw_slopes.append(f)
+        weights = self._learned_weights[i]
+        del self._raw_slopes[: max(0, len(self._raw_slopes) - self._learned_k)]
+        return [(w, h) for w, h in zip(weights, reversed(self._raw_slopes))]
+
     def _reset_state(self) -> None:
+        self._raw_slopes = []
         self._rule.reset()
         self._stage_base = None
         self._stage_slopes = []
@@ -584,6 +620,8 @@ class MultistepCore(StrictKwargsMixin, SchedulerMixin, ConfigMixin):
                 return SchedulerOutput(prev_sample=sample) if return_dict else (sample,)
             tau = self._tau
             terms, base = self._rule.terms(f, tau[call.point], tau[call.target], call.max_order), x
+            if self._learned_weights is not None:
+                terms = self._learned_terms(i, f)
         else:
             if call.stage == 0:
                 self._stage_base, self._stage_slopes = x, [f]

@@ -133,19 +133,9 @@ class GridArtifact:
     # ------------------------------------------------------------------------------ checks and use
     def check(self, scheduler=None, *, model_hash: str | None = None, nfe: int | None = None) -> None:
         """Raise :class:`GridMismatchError` if the artifact was fitted for another model, schedule or NFE."""
-        if model_hash is not None and model_hash != self.model_hash:
-            raise GridMismatchError(
-                f"this grid was fitted for model {self.model_hash}, not {model_hash}; fit one for this model"
-            )
         if nfe is not None and nfe != self.nfe:
             raise GridMismatchError(f"this grid was fitted for NFE {self.nfe}, not {nfe}")
-        if scheduler is not None:
-            ours = _schedule(scheduler.config)
-            diff = {k: (v, ours[k]) for k, v in self.schedule.items() if k in ours and not _close(v, ours[k])}
-            if diff:
-                raise GridMismatchError(
-                    f"the scheduler's noise schedule differs from the fitted one (fitted, given): {diff}"
-                )
+        check_provenance("grid", self.model_hash, self.schedule, scheduler, model_hash)
 
     def set_timesteps(self, scheduler, *, model_hash: str | None = None, device=None) -> None:
         """``scheduler.set_timesteps`` on this grid (a fastsample scheduler), after :meth:`check`."""
@@ -202,6 +192,22 @@ class GridArtifact:
             except json.JSONDecodeError as err:
                 raise ValueError(f"{path} is not a JSON step-grid artifact: {err}") from err
         return cls.from_dict(data)
+
+
+def check_provenance(what: str, fitted_hash: str, fitted_schedule: dict, scheduler, model_hash) -> None:
+    """Raise :class:`GridMismatchError` when ``model_hash`` or ``scheduler``'s noise schedule differ from
+    what an artifact (``what``: "grid", "coefficient") was fitted for; ``None`` skips that check."""
+    if model_hash is not None and model_hash != fitted_hash:
+        raise GridMismatchError(
+            f"the {what} artifact was fitted for model {fitted_hash}, not {model_hash}; fit one for it"
+        )
+    if scheduler is not None:
+        ours = _schedule(scheduler.config)
+        diff = {k: (v, ours[k]) for k, v in fitted_schedule.items() if k in ours and not _close(v, ours[k])}
+        if diff:
+            raise GridMismatchError(
+                f"the scheduler's noise schedule differs from the fitted one (fitted, given): {diff}"
+            )
 
 
 def _close(a, b) -> bool:
@@ -357,9 +363,11 @@ def oracle_model(mixture, labels: torch.Tensor, scheduler, guidance_scale: float
     return model
 
 
-def oracle_reference(mixture, labels, noise, scheduler, nfe: int, guidance_scale: float) -> torch.Tensor:
-    """The exact ODE solution (scipy DOP853) from ``noise`` over the scheduler's ``nfe``-step noise range, in
-    the latents' coordinates (x at the end level)."""
+def oracle_reference_states(
+    mixture, labels, noise, scheduler, nfe: int, guidance_scale: float, *, every_step: bool = True
+) -> list[torch.Tensor]:
+    """The exact ODE states (scipy DOP853) from ``noise`` after each step of the scheduler's default
+    ``nfe``-step grid (``every_step=False``: only the final one), in the latents' coordinates (x)."""
     from fastsample.zoo.gmm import vp_alpha_sigma
     from fastsample.zoo.oracle import OracleProblem, reference_solution
 
@@ -367,14 +375,23 @@ def oracle_reference(mixture, labels, noise, scheduler, nfe: int, guidance_scale
     levels = _default_levels(scheduler, nfe)
     problem = OracleProblem(mixture, noise.double(), labels)
     start_scale = 1.0 if family == "flow" else 1.0 / float(vp_alpha_sigma(float(levels[0]))[0])
-    ref = reference_solution(
-        problem,
-        family=family,
-        start_level=float(levels[0]),
-        end_level=float(levels[-1]),
-        start_scale=start_scale,
-        guidance_scale=guidance_scale,
-    )
-    if family == "vp":  # x̄ → x at the end level
-        ref = ref * float(vp_alpha_sigma(float(levels[-1]))[0])
-    return ref
+    states = []
+    for level in levels[1:] if every_step else levels[-1:]:
+        ref = reference_solution(
+            problem,
+            family=family,
+            start_level=float(levels[0]),
+            end_level=float(level),
+            start_scale=start_scale,
+            guidance_scale=guidance_scale,
+        )
+        states.append(ref * float(vp_alpha_sigma(float(level))[0]) if family == "vp" else ref)  # x̄ → x
+    return states
+
+
+def oracle_reference(mixture, labels, noise, scheduler, nfe: int, guidance_scale: float) -> torch.Tensor:
+    """The exact ODE solution (scipy DOP853) from ``noise`` over the scheduler's ``nfe``-step noise range, in
+    the latents' coordinates (x at the end level)."""
+    return oracle_reference_states(mixture, labels, noise, scheduler, nfe, guidance_scale, every_step=False)[
+        0
+    ]
