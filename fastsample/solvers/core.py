@@ -561,12 +561,12 @@ class MultistepCore(StrictKwargsMixin, SchedulerMixin, ConfigMixin):
         else:
             logger.info("learned coefficients were fitted on another grid; using the analytic weights")
 
-    def _learned_terms(self, i: int, f: torch.Tensor):
-        """The fitted combination Σ_j a_ij·f_{i−j} of the raw slopes at call i (newest first)."""
+    def _learned_terms(self, i: int, f: torch.Tensor, analytic):
+        """The analytic update plus the fitted correction Σ_j δ_ij·f_{i−j} (raw slopes, newest first)."""
         self._raw_slopes.append(f)
         weights = self._learned_weights[i]
         del self._raw_slopes[: max(0, len(self._raw_slopes) - self._learned_k)]
-        return [(w, h) for w, h in zip(weights, reversed(self._raw_slopes))]
+        return list(analytic) + [(w, h) for w, h in zip(weights, reversed(self._raw_slopes)) if w != 0.0]
 
     def _reset_state(self) -> None:
         self._raw_slopes = []
@@ -621,7 +621,7 @@ class MultistepCore(StrictKwargsMixin, SchedulerMixin, ConfigMixin):
             tau = self._tau
             terms, base = self._rule.terms(f, tau[call.point], tau[call.target], call.max_order), x
             if self._learned_weights is not None:
-                terms = self._learned_terms(i, f)
+                terms = self._learned_terms(i, f, terms)
         else:
             if call.stage == 0:
                 self._stage_base, self._stage_slopes = x, [f]

@@ -2,15 +2,15 @@
 model (in the spirit of NeuralSolver / DC-Solver's learned corrections), stored as JSON with provenance.
 
 The fastsample core moves the sample as x_{i+1} = a_i·x_i + b_i·U_i (``core.py``: a_i, b_i from the grid and
-the integration space). A learned run replaces the analytic U_i by Σ_j w_ij·f_{i−j}, a combination of the
-raw slopes of the last ``order`` calls. :func:`fit_coefficients` chooses the weights step by step, along the
-learned trajectory itself, by ridge-regularised least squares towards the reference states:
+the integration space, U_i the rule's analytic update). A learned run adds a correction Σ_j δ_ij·f_{i−j}, a
+combination of the raw slopes of the last ``order`` calls, to U_i. :func:`fit_coefficients` chooses δ step by
+step, along the learned trajectory itself, by ridge-regularised least squares towards the reference states:
 
-    w_i = argmin_w ‖a_i·x_i + b_i·Σ_j w_j f_{i−j} − x*_{i+1}‖² + λ_i‖w − w⁰_i‖²,
+    δ_i = argmin_δ ‖x^analytic_{i+1} + b_i·Σ_j δ_j f_{i−j} − x*_{i+1}‖² + λ_i‖δ‖²,
 
-with x* the fine reference solution at the grid levels and w⁰_i the analytic variable-step Adams–Bashforth
-weights of the same nodes (so a small batch cannot pull the weights far; λ_i = ``ridge`` × the mean squared
-column norm). One pass over the N steps: N model calls on the batch plus the reference.
+with x* the fine reference solution at the grid levels and λ_i = ``ridge`` × the mean squared column norm,
+so a small batch cannot pull the solver far from its analytic default (δ = 0). One pass over the N steps:
+N model calls on the batch plus the reference.
 
 :class:`LearnedCoefficients` is the artifact: weights, the grid levels, the model hash, the noise schedule and
 the scheduler class. ``scheduler.set_learned_coefficients(artifact, model_hash=...)`` refuses another model,
@@ -47,7 +47,7 @@ ARTIFACT_VERSION = 1
 
 @dataclass
 class LearnedCoefficients:
-    """Fitted per-step weights (``weights[i]``: newest slope first) for the grid ``levels`` (N + 1 values)."""
+    """Fitted per-step corrections δ (``weights[i]``: newest slope first) for the grid ``levels`` (N + 1)."""
 
     weights: list[list[float]]
     levels: list[float]
@@ -109,15 +109,6 @@ class LearnedCoefficients:
         return cls(**{k: v for k, v in data.items() if k in names})
 
 
-def _prior(scheduler, nodes: list[float], tau_next: float) -> tuple[float, ...]:
-    from fastsample.solvers.coefficients import exponential_adams_bashforth, variable_adams_bashforth
-
-    if not math.isfinite(tau_next):
-        return (1.0,)
-    fn = exponential_adams_bashforth if scheduler._space == "data" else variable_adams_bashforth
-    return fn(tuple(reversed(nodes)), tau_next)
-
-
 def fit_coefficients(
     scheduler,
     model: ModelFn,
@@ -127,7 +118,8 @@ def fit_coefficients(
     *,
     model_id: str,
     order: int = 3,
-    ridge: float = 0.05,
+    ridge: float = 0.2,
+    trim: float = 3.0,
     guidance_scale: float | None = None,
 ) -> LearnedCoefficients:
     """Fit per-step weights of ``scheduler`` (a fastsample scheduler without a Runge–Kutta warm-up) at ``nfe``
@@ -136,7 +128,9 @@ def fit_coefficients(
     ``reference_states[i]``: the reference latents after step i (at ``scheduler.sigmas[i + 1]`` after
     ``set_timesteps(nfe)``), e.g. from :func:`~fastsample.solvers.grid_fit.oracle_reference_states` or a
     fine run through those levels.
-    ``order``: slopes combined per step (1..5). ``ridge``: pull towards the analytic weights.
+    ``order``: slopes in each step's correction (1..5). ``ridge``: pull towards the analytic update (δ = 0).
+    ``trim``: trajectories whose analytic residual exceeds ``trim`` × the median are left out of that step's
+    fit (outliers near a mode boundary would otherwise dominate the squares).
     """
     from fastsample.solvers.core import MultistepCore
 
@@ -144,8 +138,8 @@ def fit_coefficients(
         raise TypeError(f"`scheduler` must be a fastsample scheduler, got {type(scheduler).__name__}")
     if isinstance(order, bool) or not isinstance(order, int) or not 1 <= order <= 5:
         raise ValueError(f"`order` must be an integer in 1..5, got {order!r}")
-    if ridge < 0:
-        raise ValueError(f"`ridge` must be >= 0, got {ridge}")
+    if ridge < 0 or trim <= 0:
+        raise ValueError(f"`ridge` must be >= 0 and `trim` > 0, got {ridge}, {trim}")
     s = copy.deepcopy(scheduler)
     s.set_learned_coefficients(None, model_hash="")
     s.set_timesteps(nfe)
@@ -157,30 +151,30 @@ def fit_coefficients(
         raise ValueError(
             f"`reference_states` must hold {nfe} tensors (one per step), got {len(reference_states)}"
         )
-    x = noise.to(torch.float64) * float(s.init_noise_sigma)
+    x = noise.to(torch.float32) * float(s.init_noise_sigma)
     plain = copy.deepcopy(s)
     slopes: list[torch.Tensor] = []
-    taus: list[float] = []
     weights: list[list[float]] = []
     for i, t in enumerate(s.timesteps):
         call = s._calls[i]
-        out = model(x.float(), t, float(s.sigmas[i])).double()
+        out = model(x, t, float(s.sigmas[i])).to(torch.float32)
         slopes.append(out * call.slope_b + call.slope_a * x)
-        taus.append(float(s._tau[call.point]))
-        r = min(order, len(slopes))
-        tau_next = float(s._tau[call.target])
-        prior = np.array(_prior(s, taus[-r:], tau_next), dtype=np.float64)
-        r = len(prior)
-        cols = torch.stack([call.move_b * slopes[-1 - j] for j in range(r)], dim=-1).reshape(-1, r).numpy()
-        target = (reference_states[i].double() - call.move_a * x).reshape(-1).numpy()
-        gram = cols.T @ cols
+        del slopes[: max(0, len(slopes) - order)]
+        analytic = s.step(out, t, x).prev_sample  # the default update; also advances the rule's state
+        r = len(slopes)
+        cols_all = torch.stack([call.move_b * slopes[-1 - j] for j in range(r)], dim=-1).double()
+        residual_all = reference_states[i].double() - analytic.double()
+        # robust: trajectories whose analytic residual is an outlier (about to change mode) are left out
+        size = residual_all.reshape(len(x), -1).norm(dim=1)
+        keep = size <= trim * size.median()
+        cols, residual = cols_all[keep].reshape(-1, r), residual_all[keep].reshape(-1)
+        cols_all = cols_all.reshape(-1, r)
+        gram = (cols.T @ cols).numpy()
         lam = ridge * float(np.trace(gram)) / r
-        delta = np.linalg.solve(gram + lam * np.eye(r), cols.T @ (target - cols @ prior))
-        w = prior + delta
-        weights.append([float(v) for v in w])
-        x = call.move_a * x + torch.from_numpy(cols @ w).reshape(x.shape)
-        del slopes[: max(0, len(slopes) - order)], taus[: max(0, len(taus) - order)]
-    learned_err = float(np.median(_errors(x, reference_states[-1].double())))
+        delta = np.linalg.solve(gram + lam * np.eye(r), (cols.T @ residual).numpy())
+        weights.append([float(v) for v in delta])
+        x = (analytic.double() + (cols_all @ torch.from_numpy(delta)).reshape(x.shape)).to(torch.float32)
+    learned_err = float(np.median(_errors(x.double(), reference_states[-1].double())))
     analytic_err = float(
         np.median(_errors(sample(plain, model, noise, num_inference_steps=nfe), reference_states[-1]))
     )

@@ -51,7 +51,7 @@ def test_learned_beats_analytic_on_held_out_noise(fitted):
     learned.set_learned_coefficients(art, model_hash="m0")
     e_plain = _errors(sample(plain, model, noise, num_inference_steps=nfe), ref)
     e_learned = _errors(sample(learned, model, noise, num_inference_steps=nfe), ref)
-    # measured: VP 0.054 -> 0.017, flow 0.047 -> 0.038 (median), no blow-ups either way
+    # measured: VP 0.054 -> 0.012, flow 0.047 -> 0.040 (median, seed-1 batch), no blow-ups either way
     assert np.median(e_learned) < 0.9 * np.median(e_plain)
     assert (e_learned > 0.5).mean() <= (e_plain > 0.5).mean()
 
