@@ -31,6 +31,7 @@ __all__ = ["COMMAND_MODULES", "build_parser", "main"]
 COMMAND_MODULES: tuple[str, ...] = (
     "fastsample.cli.bench",
     "fastsample.cli.solver_table",
+    "fastsample.cli.fit_grid",
     "fastsample.cli.fid",
     "fastsample.cli.latency",
     "fastsample.cli.train",

@@ -22,6 +22,7 @@ slope of each warm-up step enters the multistep history, as in PNDM.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -33,6 +34,7 @@ from diffusers.configuration_utils import ConfigMixin
 from diffusers.schedulers.scheduling_utils import KarrasDiffusionSchedulers, SchedulerMixin, SchedulerOutput
 
 from fastsample.solvers import grids
+from fastsample.solvers.kwargs_check import StrictKwargsMixin
 from fastsample.solvers.rules import Rule
 
 logger = logging.getLogger(__name__)
@@ -44,6 +46,7 @@ VP_PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 FLOW_PREDICTION = "flow_prediction"
 PREDICTION_TYPES = (*VP_PREDICTION_TYPES, FLOW_PREDICTION)
 FINAL_SIGMAS_TYPES = ("zero", "sigma_min")
+SOLVER_SPACES = ("auto", "data")
 _FLOW_CONFIG_KEYS = ("shift", "use_dynamic_shifting", "base_shift", "max_shift", "shift_terminal")
 
 
@@ -79,6 +82,7 @@ class _Call:
     slope_b: float
     move_a: float  # x_target = move_a·x_base + move_b·U
     move_b: float
+    max_order: int | None = None  # cap on the multistep order at this call (lower-order final steps)
 
 
 def is_flow_config(config) -> bool:
@@ -96,7 +100,7 @@ def is_flow_config(config) -> bool:
     return any(k in config for k in _FLOW_CONFIG_KEYS)
 
 
-class MultistepCore(SchedulerMixin, ConfigMixin):
+class MultistepCore(StrictKwargsMixin, SchedulerMixin, ConfigMixin):
     """Base class of the fastsample schedulers (not used directly). Subclasses register their ``__init__``
     with ``@register_to_config`` (the common keys below plus their own) and implement ``_make_rule``
     (and ``_warmup`` for a Runge–Kutta start).
@@ -111,10 +115,21 @@ class MultistepCore(SchedulerMixin, ConfigMixin):
     are None the run ends at σ̄ = 0. Flow keys as ``FlowMatchEulerDiscreteScheduler`` spells them (``shift,
     use_dynamic_shifting, base_shift, max_shift, base_image_seq_len, max_image_seq_len, time_shift_type,
     shift_terminal``) or as ``DPMSolverMultistepScheduler`` does (``use_flow_sigmas, flow_shift``).
+
+    Keys a subclass may register (read with ``getattr``, default in brackets): ``grid`` ["spacing"]: the σ
+    grid when no ``use_*_sigmas`` flag is set; ``solver_space`` ["auto"]: "data" integrates y = x/σ over
+    τ = α/σ with the slope x̂0 (exponential Adams–Bashforth in λ = log τ); ``lower_order_final`` [False].
+
+    Unknown keyword arguments raise (``kwargs_check``); the per-step NaN/inf check of the model output is a
+    debug aid, off by default on accelerators because it synchronises the device (``check_finite``).
     """
 
     _compatibles = [e.name for e in KarrasDiffusionSchedulers] + ["FlowMatchEulerDiscreteScheduler"]
     order = 1
+    #: check every model output for NaN/inf (one device sync per step). ``None`` (default): on the CPU
+    #: always, on accelerators only with the environment variable ``FASTSAMPLE_CHECK_FINITE=1``; set it
+    #: on an instance or on the class to force it on or off.
+    check_finite: bool | None = None
 
     # ------------------------------------------------------------------------------------------ set-up
     def _init_core(self) -> None:
@@ -137,6 +152,12 @@ class MultistepCore(SchedulerMixin, ConfigMixin):
             raise ValueError(
                 f"`time_shift_type` must be one of {grids.TIME_SHIFT_TYPES}, got {cfg.time_shift_type!r}"
             )
+        space = getattr(cfg, "solver_space", "auto")
+        if space not in SOLVER_SPACES:
+            raise ValueError(f"`solver_space` must be one of {SOLVER_SPACES}, got {space!r}")
+        grid = getattr(cfg, "grid", "spacing")
+        if grid not in (*grids.SIGMA_GRIDS, "spacing"):
+            raise ValueError(f"`grid` must be one of {(*grids.SIGMA_GRIDS, 'spacing')}, got {grid!r}")
         if sum(map(bool, (cfg.use_karras_sigmas, cfg.use_exponential_sigmas, cfg.use_beta_sigmas))) > 1:
             raise ValueError(
                 "only one of `use_karras_sigmas`, `use_exponential_sigmas`, `use_beta_sigmas` may be set"
@@ -180,6 +201,9 @@ class MultistepCore(SchedulerMixin, ConfigMixin):
         self._rule: Rule = self._make_rule()
         self._stage_base: torch.Tensor | None = None
         self._stage_slopes: list[torch.Tensor] = []
+        self._learned = None  # a LearnedCoefficients artifact (``fastsample.solvers.learned``)
+        self._learned_weights: list[tuple[float, ...]] | None = None
+        self._raw_slopes: list[torch.Tensor] = []
 
     def _make_rule(self) -> Rule:
         raise NotImplementedError
@@ -218,6 +242,7 @@ class MultistepCore(SchedulerMixin, ConfigMixin):
     def set_begin_index(self, begin_index: int = 0) -> None:
         """Start sampling at ``timesteps[begin_index]`` (called by img2img pipelines before ``add_noise``)."""
         self._begin_index = int(begin_index)
+        self._learned_weights = None  # fitted for full runs from the first grid point
 
     def __len__(self) -> int:
         return self.config.num_train_timesteps
@@ -290,6 +315,7 @@ class MultistepCore(SchedulerMixin, ConfigMixin):
         warm-up's extra stages).
         """
         n = self._check_grid_args(num_inference_steps, timesteps, sigmas)
+        kind = self._sigma_kind(custom=timesteps is not None or sigmas is not None)
         if self.is_flow:
             labels, s = grids.flow_levels(
                 self.config,
@@ -297,14 +323,17 @@ class MultistepCore(SchedulerMixin, ConfigMixin):
                 None if sigmas is None else np.asarray(sigmas, dtype=np.float64),
                 None if timesteps is None else np.asarray(timesteps, dtype=np.float64),
                 mu,
+                sigma_kind=kind,
             )
             alpha, sigma = list(1.0 - s) + [1.0], list(s) + [0.0]
             integer_labels = False
         else:
             if mu is not None:
                 logger.debug("`mu` is only used by flow-matching schedules with dynamic shifting; ignored")
-            labels, alpha, sigma, integer_labels = self._vp_levels(n, timesteps, sigmas)
+            labels, alpha, sigma, integer_labels = self._vp_levels(n, timesteps, sigmas, kind)
         self._build_plan(np.asarray(labels, dtype=np.float64), alpha, sigma, integer_labels, device)
+        self._rule.exponential = self._space == "data"
+        self._match_learned()
 
     def _check_grid_args(self, n, timesteps, sigmas) -> int:
         given = [x for x in (timesteps, sigmas) if x is not None]
@@ -326,18 +355,26 @@ class MultistepCore(SchedulerMixin, ConfigMixin):
             raise ValueError(f"`num_inference_steps` must be a positive integer, got {n!r}")
         return int(n)
 
-    def _vp_levels(self, n, timesteps, sigmas):
+    def _sigma_kind(self, custom: bool) -> str | None:
+        """The σ grid of this run: a ``use_*_sigmas`` flag, else the class's ``grid`` key ("karras",
+        "exponential", "beta"; "spacing" = ``timestep_spacing``) unless custom timesteps/sigmas are given or
+        the VP schedule has zero terminal SNR (no finite σ̄ at t = T−1)."""
+        cfg = self.config
+        flags = (cfg.use_karras_sigmas, cfg.use_exponential_sigmas, cfg.use_beta_sigmas)
+        for kind, on in zip(grids.SIGMA_GRIDS, flags):
+            if on:
+                return kind
+        grid = getattr(cfg, "grid", "spacing")
+        if custom or grid == "spacing" or (not self.is_flow and float(self.alphas_cumprod[-1]) == 0.0):
+            return None
+        return grid
+
+    def _vp_levels(self, n, timesteps, sigmas, kind):
         """Labels and (α, σ) of the N call points plus the end point for a VP schedule."""
         cfg = self.config
         ac = self.alphas_cumprod.double().numpy()
         T = cfg.num_train_timesteps
-        kinds = [
-            k
-            for k, on in zip(
-                grids.SIGMA_GRIDS, (cfg.use_karras_sigmas, cfg.use_exponential_sigmas, cfg.use_beta_sigmas)
-            )
-            if on
-        ]
+        kinds = [] if kind is None else [kind]
         if timesteps is not None:
             labels = np.asarray(timesteps, dtype=np.float64)
             if labels.min() < 0 or labels.max() > T - 1:
@@ -366,6 +403,8 @@ class MultistepCore(SchedulerMixin, ConfigMixin):
             abar = ac[labels.astype(np.int64)]
             integer_labels = True
         end = 1.0 if self._ends_at_zero() else float(ac[0])
+        if kinds and sigmas is None and cfg.final_sigmas_type is None:
+            end = 1.0  # σ̄ grids end at σ̄ = 0 as DPM-Solver's do (their last level is already σ̄(t=0))
         if sigmas is not None:
             end = 1.0 / (1.0 + end_sb * end_sb)
         abar = np.append(abar, end)
@@ -395,7 +434,11 @@ class MultistepCore(SchedulerMixin, ConfigMixin):
                 "information "
                 "about x0; use prediction_type='v_prediction' or 'sample' (or timestep_spacing='leading')"
             )
-        self._space = "flow" if (self.is_flow or alpha[0] == 0.0) else "sigma_bar"
+        space = getattr(self.config, "solver_space", "auto")
+        if space == "data":
+            self._space = "data"
+        else:
+            self._space = "flow" if (self.is_flow or alpha[0] == 0.0) else "sigma_bar"
         pa, ps, plabel = list(alpha[:n]), list(sigma[:n]), list(labels)
         tableau, n_warm = self._warmup()
         # the model is never evaluated at the end level: the last step is always a multistep step
@@ -426,7 +469,8 @@ class MultistepCore(SchedulerMixin, ConfigMixin):
                     target = nodes[st + 1] if st + 1 < len(nodes) else grid(i + 1)
                     calls.append(self._make_call(p, i, target, st, tableau))
             else:
-                calls.append(self._make_call(i, i, grid(i + 1), 0, None))
+                call = self._make_call(i, i, grid(i + 1), 0, None)
+                calls.append(dataclasses.replace(call, max_order=self._order_cap(i, n)))
         self._calls = calls
         call_labels = np.array([plabel[c.point] for c in calls], dtype=np.float64)
         if integer_labels:
@@ -438,6 +482,15 @@ class MultistepCore(SchedulerMixin, ConfigMixin):
         self.num_inference_steps = n
         self._reset_state()
 
+    def _order_cap(self, i: int, n: int) -> int | None:
+        """The order cap of grid step i of n: 1 at the last step when ``lower_order_final`` is set and n < 15
+        (as DPM-Solver's ``lower_order_final``: the step into σ = 0 is the stiffest at few steps)."""
+        if getattr(self.config, "lower_order_final", False) and i == n - 1 and n < 15:
+            return 1
+        if self._space == "data" and i == n - 1 and self._points_sigma[-1] == 0.0:
+            return 1  # the step into σ = 0 (λ = ∞) is the data prediction itself: x = α·x̂0
+        return None
+
     def _level(self, alpha: float, sigma: float) -> float:
         """The public noise level of a point: σ̄ = σ/α (VP, ∞ at zero SNR) or s (flow)."""
         if self.is_flow:
@@ -445,7 +498,9 @@ class MultistepCore(SchedulerMixin, ConfigMixin):
         return math.inf if alpha == 0.0 else sigma / alpha
 
     def _tau_scale(self, alpha: float, sigma: float) -> tuple[float, float]:
-        """(τ, c) with y = c·x in the integration space."""
+        """(τ, c) with y = c·x in the integration space (``"data"``: τ = α/σ = e^λ, y = x/σ, ∞ at σ = 0)."""
+        if self._space == "data":
+            return (math.inf, math.inf) if sigma == 0.0 else (alpha / sigma, 1.0 / sigma)
         if self._space == "sigma_bar":
             return sigma / alpha, 1.0 / alpha
         return sigma / (alpha + sigma), 1.0 / (alpha + sigma)
@@ -453,6 +508,14 @@ class MultistepCore(SchedulerMixin, ConfigMixin):
     def _slope_coefficients(self, alpha: float, sigma: float) -> tuple[float, float]:
         """(a, b) with slope f = a·x + b·model_output at a point with (α, σ)."""
         pt = self.config.prediction_type
+        if self._space == "data":  # f = x̂0
+            if pt == "epsilon":  # x̂0 = (x − σ ε̂)/α
+                return 1.0 / alpha, -sigma / alpha
+            if pt == "v_prediction":  # x̂0 = αx − σv
+                return alpha, -sigma
+            if pt == FLOW_PREDICTION:  # x̂0 = x − s·v̂ (α + σ = 1)
+                return 1.0, -sigma
+            return 0.0, 1.0  # sample
         if self._space == "sigma_bar":  # f = ε̂
             if pt == "epsilon":
                 return 0.0, 1.0
@@ -470,12 +533,47 @@ class MultistepCore(SchedulerMixin, ConfigMixin):
 
     def _make_call(self, point, base, target, stage, tableau) -> _Call:
         a, b = self._slope_coefficients(self._points_alpha[point], self._points_sigma[point])
+        if self._space == "data":  # y = x/σ, τ = α/σ: x_t = (σ_t/σ_s)·x_s + (α_t − σ_t·α_s/σ_s)·U
+            a_s, s_s = self._points_alpha[base], self._points_sigma[base]
+            a_t, s_t = self._points_alpha[target], self._points_sigma[target]
+            return _Call(point, base, target, stage, tableau, a, b, s_t / s_s, a_t - s_t * a_s / s_s)
         c_base, c_target = self._scale[base], self._scale[target]
         move_a = c_base / c_target
         move_b = (self._tau[target] - self._tau[base]) / c_target
         return _Call(point, base, target, stage, tableau, a, b, move_a, move_b)
 
+    def set_learned_coefficients(self, artifact, *, model_hash: str) -> None:
+        """Use fitted per-step weights (``fastsample.solvers.learned.LearnedCoefficients``) on the grid they
+        were fitted on; any other grid (NFE, schedule, custom sigmas) runs the analytic weights. Raises
+        ``ValueError`` if the artifact was fitted for another model, scheduler class or schedule; pass
+        ``None`` to go back to the analytic weights."""
+        if artifact is not None:
+            artifact.check(self, model_hash=model_hash)
+        self._learned = artifact
+        self._match_learned()
+
+    def _match_learned(self) -> None:
+        art = self._learned
+        self._learned_weights = None
+        if art is None or self.sigmas is None or self._begin_index is not None:
+            return
+        levels = [float(v) for v in self.sigmas]
+        calls_are_steps = len(self._calls) == self.num_inference_steps
+        if calls_are_steps and len(levels) == len(art.levels) and np.allclose(levels, art.levels, rtol=1e-5):
+            self._learned_weights = [tuple(w) for w in art.weights]
+            self._learned_k = max(len(w) for w in self._learned_weights)
+        else:
+            logger.info("learned coefficients were fitted on another grid; using the analytic weights")
+
+    def _learned_terms(self, i: int, f: torch.Tensor, analytic):
+        """The analytic update plus the fitted correction Σ_j δ_ij·f_{i−j} (raw slopes, newest first)."""
+        self._raw_slopes.append(f)
+        weights = self._learned_weights[i]
+        del self._raw_slopes[: max(0, len(self._raw_slopes) - self._learned_k)]
+        return list(analytic) + [(w, h) for w, h in zip(weights, reversed(self._raw_slopes)) if w != 0.0]
+
     def _reset_state(self) -> None:
+        self._raw_slopes = []
         self._rule.reset()
         self._stage_base = None
         self._stage_slopes = []
@@ -508,8 +606,11 @@ class MultistepCore(SchedulerMixin, ConfigMixin):
                 f"`step` was called {i + 1} times but there are only {len(self._calls)} timesteps"
             )
         out = model_output.float()
-        # reading a value forces a device sync: on accelerators only with FASTSAMPLE_CHECK_FINITE=1 (debug)
-        if (out.device.type == "cpu" or CHECK_FINITE) and not math.isfinite(float(out.sum())):
+        # reading a value forces a device sync: by default only on the CPU (see `check_finite`)
+        check = (
+            self.check_finite if self.check_finite is not None else out.device.type == "cpu" or CHECK_FINITE
+        )
+        if check and not math.isfinite(float(out.sum())):
             raise ValueError(
                 f"{type(self).__name__}: the model output at step index {i} "
                 f"(timestep {float(self.timesteps[i])}) "
@@ -525,11 +626,14 @@ class MultistepCore(SchedulerMixin, ConfigMixin):
             if call.target == call.point:  # a cut warm-up stage (img2img): evaluated, not moved
                 self._step_index += 1
                 return SchedulerOutput(prev_sample=sample) if return_dict else (sample,)
-            terms, base = self._rule.terms(f), x
+            tau = self._tau
+            terms, base = self._rule.terms(f, tau[call.point], tau[call.target], call.max_order), x
+            if self._learned_weights is not None:
+                terms = self._learned_terms(i, f, terms)
         else:
             if call.stage == 0:
                 self._stage_base, self._stage_slopes = x, [f]
-                self._rule.record(f)
+                self._rule.record(f, self._tau[call.point])
             else:
                 self._stage_slopes.append(f)
             tab = call.tableau

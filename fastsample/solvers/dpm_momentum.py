@@ -19,6 +19,8 @@ import torch
 from diffusers import DPMSolverMultistepScheduler
 from diffusers.configuration_utils import register_to_config
 
+from fastsample.solvers.kwargs_check import StrictKwargsMixin
+
 
 def _with_momentum_signature(func):
     """Give ``func`` DPMSolverMultistepScheduler's init signature plus ``momentum=0.8`` (for ConfigMixin)."""
@@ -29,7 +31,7 @@ def _with_momentum_signature(func):
     return func
 
 
-class MomentumDPMSolverMultistepScheduler(DPMSolverMultistepScheduler):
+class MomentumDPMSolverMultistepScheduler(StrictKwargsMixin, DPMSolverMultistepScheduler):
     """``DPMSolverMultistepScheduler`` (dpmsolver++, midpoint, ``solver_order=2``) with momentum β in (0, 1].
 
     All of diffusers' config keys apply (Karras/Lu/exponential/beta sigmas, ``use_flow_sigmas``, ...).

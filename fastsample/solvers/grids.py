@@ -124,11 +124,13 @@ def flow_levels(
     sigmas: np.ndarray | None,
     timesteps: np.ndarray | None,
     mu: float | None,
+    sigma_kind: str | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(labels, s) for a flow-matching run: N decreasing levels s in (0, 1] and the timesteps t = s·T.
 
     Follows ``FlowMatchEulerDiscreteScheduler.set_timesteps`` (or DPM-Solver's ``use_flow_sigmas`` grid), so
-    that the same configuration gives the same grid as diffusers.
+    that the same configuration gives the same grid as diffusers. ``sigma_kind`` ("karras", "exponential",
+    "beta" or None) re-spaces the shifted levels between their ends, as diffusers' ``use_*_sigmas`` do.
     """
     T = config.num_train_timesteps
     if config.use_dynamic_shifting and mu is None:
@@ -161,11 +163,8 @@ def flow_levels(
     if config.shift_terminal:
         one_minus = 1.0 - s
         s = 1.0 - one_minus / (one_minus[-1] / (1.0 - config.shift_terminal))
-    for kind, on in zip(
-        SIGMA_GRIDS, (config.use_karras_sigmas, config.use_exponential_sigmas, config.use_beta_sigmas)
-    ):
-        if on:
-            s = sigma_grid(kind, len(s), float(s[-1]), float(s[0]))
+    if sigma_kind is not None:
+        s = sigma_grid(sigma_kind, len(s), float(s[-1]), float(s[0]))
     s = s.astype(np.float32).astype(np.float64)
     labels = np.asarray(timesteps, dtype=np.float64) if given_t else s * T
     return labels, s

@@ -17,11 +17,15 @@ enlarges it:
 
 What they buy: no divergence artifacts at low NFE (≤ 10) and high guidance (w = 7.5–15), at about the error
 of first/second-order solvers. What they do not buy: accuracy at 20+ steps without guidance, where the time
-grid (e.g. Karras) matters more than the solver. The default ``GHVBScheduler`` (q = 2.5) is the stable
-trade-off point on the default grid: it does not blow up at w = 15, NFE 8 on the exact Gaussian-mixture
-oracle. The best configuration we measured there (SD1.5 schedule, 1000 samples) is q = 1.8 on the Karras
-grid: ``GHVBScheduler.from_config(cfg, ghvb_order=1.8, use_karras_sigmas=True, final_sigmas_type="zero")``
-(0 % blow-ups at w = 7.5 / NFE 10 and w = 15 / NFE 8; q ≥ 2.2 on Karras blows up at w = 15, NFE 8).
+grid (e.g. Karras) matters more than the solver.
+
+Defaults (measured on the exact Gaussian-mixture oracle, SD1.5 VP and SD3 flow schedules, mixture seeds 0–4,
+w ∈ {1, 7.5, 15}, NFE 5–10; ``benchmarks/results/solvers.md``): ``GHVBScheduler.from_config(config)`` with
+no arguments is q = 1.8 on the Karras grid (``grid="karras"``) ending at σ̄ = 0, with variable-step weights
+(``variable_step``: the exact integrals of the Lagrange interpolant on the actual non-uniform grid) for VP
+and the equal-step tables for flow (variable-step weights in s diverge more there). Without guidance
+(w ≈ 1, guidance-distilled models) ``solver_space="data"`` (exponential Adams–Bashforth on the data
+prediction in λ = log(α/σ)) is 3–10× more accurate, but it diverges at w ≥ 7.5.
 """
 
 from __future__ import annotations
@@ -53,6 +57,10 @@ class HeavyBallScheduler(MultistepCore):
         plms_order: int = 4,
         momentum: float = 0.8,
         nesterov: bool = False,
+        grid: str = "spacing",
+        solver_space: str = "auto",
+        variable_step: bool = False,
+        lower_order_final: bool = False,
         num_train_timesteps: int = 1000,
         beta_start: float = 0.0001,
         beta_end: float = 0.02,
@@ -88,17 +96,28 @@ class HeavyBallScheduler(MultistepCore):
 
     def _make_rule(self) -> Rule:
         cfg = self.config
-        return HeavyBall(cfg.plms_order, float(cfg.momentum), bool(cfg.nesterov))
+        return HeavyBall(cfg.plms_order, float(cfg.momentum), bool(cfg.nesterov), bool(cfg.variable_step))
 
 
 class GHVBScheduler(MultistepCore):
     """Generalized heavy ball of fractional order ``ghvb_order`` q in (0, 5]: k = ⌊q⌋ + 1, β = q − ⌊q⌋
-    (an integer q is plain PLMS-q, q = 1 is DDIM / FlowMatch-Euler)."""
+    (an integer q is plain PLMS-q, q = 1 is DDIM / FlowMatch-Euler).
+
+    Own keys: ``ghvb_order`` (1.8), ``grid`` ("karras", "exponential", "beta" or "spacing" for
+    ``timestep_spacing``; a ``use_*_sigmas`` flag or custom ``timesteps``/``sigmas`` take precedence),
+    ``solver_space`` ("auto": ε̂ in σ̄ for VP, the velocity in s for flow; "data": x̂0 in λ),
+    ``variable_step`` (None: on for VP, off for flow), ``lower_order_final`` (first order at the last step
+    when N < 15).
+    """
 
     @register_to_config
     def __init__(
         self,
-        ghvb_order: float = 2.5,
+        ghvb_order: float = 1.8,
+        grid: str = "karras",
+        solver_space: str = "auto",
+        variable_step: bool | None = None,
+        lower_order_final: bool = False,
         num_train_timesteps: int = 1000,
         beta_start: float = 0.0001,
         beta_end: float = 0.02,
@@ -131,4 +150,7 @@ class GHVBScheduler(MultistepCore):
 
     def _make_rule(self) -> Rule:
         k, beta = split_ghvb_order(self.config.ghvb_order)
-        return GeneralizedHeavyBall(k, beta)
+        variable = self.config.variable_step
+        if variable is None:  # measured best: on in σ̄ (VP), off in s (flow); benchmarks/results/solvers.md
+            variable = not self.is_flow
+        return GeneralizedHeavyBall(k, beta, bool(variable))

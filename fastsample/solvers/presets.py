@@ -90,28 +90,35 @@ class Preset:
 
 
 _ZERO = {"final_sigmas_type": "zero"}
+# The pinned rows keep the equal-step coefficient tables on the grid their name says, as measured before the
+# defaults changed (q = 1.8, Karras grid, variable-step weights for VP); VP rows end at σ̄ = 0.
+_TABLE = {"variable_step": False, "grid": "spacing", **_ZERO}
+_KARRAS_TABLE = {"variable_step": False, "use_karras_sigmas": True, **_ZERO}
+_FLOW_TABLE = {"variable_step": False, "grid": "spacing"}
 _KARRAS = {"use_karras_sigmas": True}
 _HB = {"plms_order": 4, "momentum": 0.8}
 _DPM_FLOW = {"use_flow_sigmas": True, "prediction_type": "flow_prediction", "flow_shift": _SHIFT}
 
 PRESETS: tuple[Preset, ...] = (
-    # fastsample's recommended configurations, VP
-    Preset("PLMS4 (fastsample)", "vp", "GHVBScheduler", {"ghvb_order": 4, **_ZERO}, "plms"),
-    Preset("GHVB 1.5", "vp", "GHVBScheduler", {"ghvb_order": 1.5, **_ZERO}),
-    Preset("GHVB 2.5", "vp", "GHVBScheduler", {"ghvb_order": 2.5, **_ZERO}),
-    Preset("GHVB 3.8", "vp", "GHVBScheduler", {"ghvb_order": 3.8, **_ZERO}),
-    Preset("PLMS4 + HB 0.8", "vp", "HeavyBallScheduler", {**_HB, **_ZERO}, "hb"),
+    # fastsample's recommended configurations, VP; "GHVB default" is GHVBScheduler.from_config(config)
+    Preset("GHVB default", "vp", "GHVBScheduler", {}, "ghvb"),
+    Preset("PLMS4 (fastsample)", "vp", "GHVBScheduler", {"ghvb_order": 4, **_TABLE}, "plms"),
+    Preset("GHVB 1.5", "vp", "GHVBScheduler", {"ghvb_order": 1.5, **_TABLE}),
+    Preset("GHVB 2.5", "vp", "GHVBScheduler", {"ghvb_order": 2.5, **_TABLE}),
+    Preset("GHVB 3.8", "vp", "GHVBScheduler", {"ghvb_order": 3.8, **_TABLE}),
+    Preset("PLMS4 + HB 0.8", "vp", "HeavyBallScheduler", {**_HB, **_TABLE}, "hb"),
     Preset("DPM++2M + HB 0.8", "vp", "MomentumDPMSolverMultistepScheduler", {"momentum": 0.8}, "dpm++2m-hb"),
-    Preset("GHVB 1.8 Karras", "vp", "GHVBScheduler", {"ghvb_order": 1.8, **_KARRAS, **_ZERO}, "ghvb"),
-    Preset("GHVB 2 Karras", "vp", "GHVBScheduler", {"ghvb_order": 2, **_KARRAS, **_ZERO}),
+    Preset("GHVB 1.8 Karras", "vp", "GHVBScheduler", {"ghvb_order": 1.8, **_KARRAS_TABLE}),
+    Preset("GHVB 2 Karras", "vp", "GHVBScheduler", {"ghvb_order": 2, **_KARRAS_TABLE}),
     Preset(
         "DPM++2M + HB 0.8 Karras", "vp", "MomentumDPMSolverMultistepScheduler", {"momentum": 0.8, **_KARRAS}
     ),
     # fastsample's recommended configurations, flow matching
-    Preset("GHVB 1.5 (flow)", "flow", "GHVBScheduler", {"ghvb_order": 1.5}),
-    Preset("GHVB 2.5 (flow)", "flow", "GHVBScheduler", {"ghvb_order": 2.5}),
-    Preset("GHVB 3.8 (flow)", "flow", "GHVBScheduler", {"ghvb_order": 3.8}),
-    Preset("PLMS4 + HB 0.8 (flow)", "flow", "HeavyBallScheduler", dict(_HB), "hb"),
+    Preset("GHVB default (flow)", "flow", "GHVBScheduler", {}, "ghvb"),
+    Preset("GHVB 1.5 (flow)", "flow", "GHVBScheduler", {"ghvb_order": 1.5, **_FLOW_TABLE}),
+    Preset("GHVB 2.5 (flow)", "flow", "GHVBScheduler", {"ghvb_order": 2.5, **_FLOW_TABLE}),
+    Preset("GHVB 3.8 (flow)", "flow", "GHVBScheduler", {"ghvb_order": 3.8, **_FLOW_TABLE}),
+    Preset("PLMS4 + HB 0.8 (flow)", "flow", "HeavyBallScheduler", {**_HB, **_FLOW_TABLE}, "hb"),
     Preset(
         "DPM++2M + HB 0.8 (flow)",
         "flow",
@@ -119,8 +126,7 @@ PRESETS: tuple[Preset, ...] = (
         {"momentum": 0.8, **_DPM_FLOW},
         "dpm++2m-hb",
     ),
-    Preset("GHVB 1.8 (flow)", "flow", "GHVBScheduler", {"ghvb_order": 1.8}, "ghvb", in_table=False),
-    Preset("PLMS4 (flow)", "flow", "GHVBScheduler", {"ghvb_order": 4}, "plms", in_table=False),
+    Preset("PLMS4 (flow)", "flow", "GHVBScheduler", {"ghvb_order": 4, **_FLOW_TABLE}, "plms", in_table=False),
 )
 BASELINES: tuple[Preset, ...] = (
     Preset(

@@ -40,6 +40,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -417,3 +418,52 @@ def evaluate(
         raise ValueError("`cache` belongs to a different OracleProblem")
     reference = cache.get(run, family, guidance_scale)
     return compare(run.final, reference, problem.mixture, nfe=run.nfe)
+
+
+def oracle_model(mixture, labels: torch.Tensor, scheduler, guidance_scale: float) -> Callable:
+    """The exact guided Gaussian-mixture denoiser as a ``fastsample.solvers.grid_fit.ModelFn`` for
+    ``scheduler``'s prediction type (to fit grids and coefficients on): answers at the call's public level
+    (σ̄ or s)."""
+    family = "flow" if scheduler.is_flow else "vp"
+    prediction = scheduler.config.prediction_type
+
+    def model(x: torch.Tensor, timestep, level: float) -> torch.Tensor:
+        out = mixture.predict(
+            x.double(), level, prediction, family=family, labels=labels, guidance_scale=guidance_scale
+        )
+        return out.to(torch.float32)
+
+    return model
+
+
+def oracle_reference_states(
+    mixture, labels, noise, scheduler, nfe: int, guidance_scale: float, *, every_step: bool = True
+) -> list[torch.Tensor]:
+    """The exact ODE states (scipy DOP853) from ``noise`` after each step of the scheduler's default
+    ``nfe``-step grid (``every_step=False``: only the final one), in the latents' coordinates (x)."""
+    from fastsample.solvers.grid_fit import default_levels
+
+    family = "flow" if scheduler.is_flow else "vp"
+    levels = default_levels(scheduler, nfe)
+    problem = OracleProblem(mixture, noise.double(), labels)
+    start_scale = 1.0 if family == "flow" else 1.0 / float(vp_alpha_sigma(float(levels[0]))[0])
+    states = []
+    for level in levels[1:] if every_step else levels[-1:]:
+        ref = reference_solution(
+            problem,
+            family=family,
+            start_level=float(levels[0]),
+            end_level=float(level),
+            start_scale=start_scale,
+            guidance_scale=guidance_scale,
+        )
+        states.append(ref * float(vp_alpha_sigma(float(level))[0]) if family == "vp" else ref)  # x̄ → x
+    return states
+
+
+def oracle_reference(mixture, labels, noise, scheduler, nfe: int, guidance_scale: float) -> torch.Tensor:
+    """The exact ODE solution (scipy DOP853) from ``noise`` over the scheduler's ``nfe``-step noise range, in
+    the latents' coordinates (x at the end level)."""
+    return oracle_reference_states(mixture, labels, noise, scheduler, nfe, guidance_scale, every_step=False)[
+        0
+    ]

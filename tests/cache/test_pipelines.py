@@ -72,7 +72,7 @@ def test_pixel_dit_pipeline_with_fastsample_guidance_and_solver():
     transformer = tiny_dit_transformer()
     transformer = type(transformer).from_config({**transformer.config, "in_channels": 3, "out_channels": 6})
     pipe = PixelDiTPipeline(transformer=transformer.eval(), scheduler=DDIMScheduler())
-    pipe.scheduler = HeavyBallScheduler.from_config(pipe.scheduler.config, beta=0.8)
+    pipe.scheduler = HeavyBallScheduler.from_config(pipe.scheduler.config, momentum=0.8)
     pipe.set_progress_bar_config(disable=True)
 
     def run():

@@ -30,7 +30,8 @@ OURS = {
     "plms": (PNDMFamilyScheduler, dict(method="plms")),
     "s_pndm": (PNDMFamilyScheduler, dict(method="s_pndm")),
     "f_pndm": (PNDMFamilyScheduler, dict(method="f_pndm")),
-    "ghvb": (GHVBScheduler, dict(ghvb_order=2.5)),
+    "ghvb": (GHVBScheduler, dict(ghvb_order=2.5, grid="spacing")),
+    "ghvb_default": (GHVBScheduler, {}),
     "hb": (HeavyBallScheduler, dict(plms_order=4, momentum=0.8)),
     "nesterov": (HeavyBallScheduler, dict(plms_order=3, momentum=0.7, nesterov=True)),
 }
@@ -156,7 +157,7 @@ def test_flow_match_configs_switch_to_the_flow_family(flow_cfg):
 
 def test_dpm_spelled_flow_config_switches_to_flow():
     dpm = DPMSolverMultistepScheduler(use_flow_sigmas=True, flow_shift=3.0, prediction_type="flow_prediction")
-    s = GHVBScheduler.from_config(dpm.config, ghvb_order=1)
+    s = GHVBScheduler.from_config(dpm.config, ghvb_order=1, grid="spacing")
     assert s.is_flow and s.config.use_flow_sigmas
     dpm.set_timesteps(8)
     s.set_timesteps(8)
@@ -242,7 +243,7 @@ def test_flow_constant_velocity_is_integrated_exactly(name, begin):
 def test_img2img_path_matches_ddim_for_q_one():
     """set_begin_index + add_noise + timesteps[t_start:] (StableDiffusionImg2ImgPipeline's path) vs DDIM."""
     ddim = DDIMScheduler(**SD15)
-    ours = GHVBScheduler.from_config(ddim.config, ghvb_order=1, timestep_spacing="leading")
+    ours = GHVBScheduler.from_config(ddim.config, ghvb_order=1, timestep_spacing="leading", grid="spacing")
     model = vp_pseudo_model(ddim.alphas_cumprod)
     results = []
     for s in (ddim, ours):
@@ -268,7 +269,7 @@ def test_step_index_without_begin_index_uses_the_timestep():
 
 def test_flow_scale_noise_matches_flow_match_euler():
     fm = FlowMatchEulerDiscreteScheduler(shift=3.0)
-    s = GHVBScheduler.from_config(fm.config)
+    s = GHVBScheduler.from_config(fm.config, grid="spacing")
     for sch in (fm, s):
         sch.set_timesteps(10)
         sch.set_begin_index(3)
@@ -293,7 +294,7 @@ def test_sigma_grids_match_dpm_solver(grid):
 @pytest.mark.parametrize("spacing", ["linspace", "trailing"])
 def test_spacings_match_dpm_solver(spacing):
     dpm = DPMSolverMultistepScheduler.from_config(SD15, timestep_spacing=spacing)
-    ours = GHVBScheduler.from_config(SD15, timestep_spacing=spacing, final_sigmas_type="zero")
+    ours = GHVBScheduler.from_config(SD15, timestep_spacing=spacing, final_sigmas_type="zero", grid="spacing")
     dpm.set_timesteps(15)
     ours.set_timesteps(15)
     assert torch.equal(ours.timesteps, dpm.timesteps)
@@ -302,7 +303,9 @@ def test_spacings_match_dpm_solver(spacing):
 
 def test_leading_matches_euler_and_custom_sigmas_match_euler():
     eul = EulerDiscreteScheduler.from_config(SD15, timestep_spacing="leading")
-    ours = GHVBScheduler.from_config(SD15, timestep_spacing="leading", final_sigmas_type="zero")
+    ours = GHVBScheduler.from_config(
+        SD15, timestep_spacing="leading", final_sigmas_type="zero", grid="spacing"
+    )
     eul.set_timesteps(10)
     ours.set_timesteps(10)
     assert torch.equal(ours.timesteps, eul.timesteps.long())
@@ -350,7 +353,7 @@ def test_zero_terminal_snr_q_one_matches_ddim():
         steps_offset=0,
     )
     ddim = DDIMScheduler(**cfg)
-    ours = GHVBScheduler.from_config(ddim.config, ghvb_order=1)
+    ours = GHVBScheduler.from_config(ddim.config, ghvb_order=1, grid="spacing")
     model = vp_pseudo_model(ddim.alphas_cumprod)  # any output works as a v here: both convert the same way
     a = sample_loop(ddim, model, X0, num_inference_steps=10)
     b = sample_loop(ours, model, X0, num_inference_steps=10)
@@ -402,8 +405,24 @@ def test_bad_calls_are_refused():
         s.step(X0, 123, X0)
 
 
+def test_finite_check_default_and_override():
+    """The per-step NaN check synchronises the device: by default it runs on the CPU only (None = auto);
+    ``check_finite = False`` turns it off."""
+    s = _make("ghvb_default")
+    assert s.check_finite is None
+    s.set_timesteps(4)
+    out = torch.full_like(X0, float("nan"))
+    with pytest.raises(ValueError, match="NaN"):
+        s.step(out, s.timesteps[0], X0)
+    s = _make("ghvb_default")
+    s.check_finite = False
+    s.set_timesteps(4)
+    assert torch.isnan(s.step(out, s.timesteps[0], X0).prev_sample).all()
+
+
 def test_nan_in_model_output_names_the_step():
     s = _make("plms")
+    s.check_finite = True  # forced on (the default checks on the CPU only)
     model = vp_pseudo_model(s.alphas_cumprod)
     s.set_timesteps(6)
     x = X0.clone()

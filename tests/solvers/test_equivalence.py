@@ -21,6 +21,9 @@ from fastsample.solvers import (
 from fastsample.solvers.coefficients import adams_bashforth, ghvb
 from tests.solvers.helpers import SD15, flow_pseudo_model, sample_loop, vp_pseudo_model
 
+# the equal-step coefficient tables on the spacing grid (the formulas below are written for them)
+EQUAL_STEP = dict(grid="spacing", variable_step=False)
+
 X0 = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0))
 
 
@@ -89,7 +92,7 @@ def test_ghvb_order_one_is_ddim(spacing, offset, set_alpha_to_one):
     """q = 1 is DDIM (η = 0) on the same grid: diffusers DDIMScheduler, same timesteps and end point."""
     cfg = dict(SD15, steps_offset=offset, set_alpha_to_one=set_alpha_to_one, timestep_spacing=spacing)
     ddim = DDIMScheduler(**cfg)
-    ours = GHVBScheduler.from_config(ddim.config, ghvb_order=1)
+    ours = GHVBScheduler.from_config(ddim.config, ghvb_order=1, grid="spacing")
     model = vp_pseudo_model(ddim.alphas_cumprod)
     a = sample_loop(ddim, model, X0.clone(), num_inference_steps=20)
     b = sample_loop(ours, model, X0.clone(), num_inference_steps=20)
@@ -121,7 +124,7 @@ def test_ghvb_order_one_is_the_ddim_formula_on_any_grid(grid):
 def test_ghvb_order_one_is_flow_match_euler(shift, dynamic):
     """Flow q = 1 is FlowMatchEulerDiscreteScheduler: same timesteps, sigmas and samples (SD3/Flux)."""
     fm = FlowMatchEulerDiscreteScheduler(shift=shift, use_dynamic_shifting=dynamic)
-    ours = GHVBScheduler.from_config(fm.config, ghvb_order=1)
+    ours = GHVBScheduler.from_config(fm.config, ghvb_order=1, grid="spacing")
     assert ours.config.prediction_type == "flow_prediction"
     kwargs = dict(num_inference_steps=10)
     if dynamic:
@@ -138,7 +141,7 @@ def test_ghvb_order_one_is_flow_match_euler(shift, dynamic):
 @pytest.mark.parametrize("k", [1, 2, 3, 4, 5])
 def test_heavy_ball_beta_one_is_plms_k(k):
     """HB with β = 1 (plain and Nesterov) is PLMS-k = GHVB with integer q = k, call for call."""
-    plms = GHVBScheduler.from_config(SD15, ghvb_order=k)
+    plms = GHVBScheduler.from_config(SD15, ghvb_order=k, **EQUAL_STEP)
     model = vp_pseudo_model(plms.alphas_cumprod)
     plain, trace = sample_loop(plms, model, X0.clone(), record=True, num_inference_steps=15)
     for nesterov in (False, True):
@@ -150,7 +153,7 @@ def test_heavy_ball_beta_one_is_plms_k(k):
 
 def test_plain_plms_k_matches_adams_bashforth_written_out():
     """GHVB q = 4 is AB1, AB2, AB3, AB4, AB4, ... on ε̂ in (x̄, σ̄) (solvers.md §2.1), in float64 here."""
-    s = GHVBScheduler.from_config(SD15, ghvb_order=4)
+    s = GHVBScheduler.from_config(SD15, ghvb_order=4, **EQUAL_STEP)
     model = vp_pseudo_model(s.alphas_cumprod)
     ours = sample_loop(s, model, X0.clone(), num_inference_steps=8)
     ac = s.alphas_cumprod.double()
@@ -203,7 +206,7 @@ def test_heavy_ball_matches_formula(nesterov):
 
 @pytest.mark.parametrize("q", [0.5, 1.5, 2.5, 3.8, 4.5])
 def test_ghvb_matches_formula(q):
-    s = GHVBScheduler.from_config(SD15, ghvb_order=q)
+    s = GHVBScheduler.from_config(SD15, ghvb_order=q, **EQUAL_STEP)
     model = vp_pseudo_model(s.alphas_cumprod)
     ours = sample_loop(s, model, X0.clone(), num_inference_steps=10)
     k, beta = int(np.floor(q)) + 1, q - np.floor(q)
