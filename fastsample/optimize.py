@@ -125,6 +125,27 @@ def _build_cache(spec: Any, pipe: Any) -> tuple[Any, dict[str, Any]] | None:
     return make_policy(name, **policy_knobs), call_knobs
 
 
+def _recipe_arguments(pipe: Any, recipe: Any, *explicit: Any) -> dict[str, Any]:
+    """optimize's arguments from a recipe (a path or a ``SamplingRecipe``), checked against ``pipe``."""
+    import os
+
+    from fastsample.recipe import SamplingRecipe, load_recipe
+
+    if any(value != AUTO for value in explicit):
+        raise ValueError(
+            "pass either `recipe` or scheduler/guidance/cache/attention/dit_savings, not both: a recipe sets "
+            "them all"
+        )
+    if isinstance(recipe, (str, os.PathLike)):
+        source, recipe = recipe, load_recipe(recipe)
+    elif isinstance(recipe, SamplingRecipe):
+        source = "recipe"
+    else:
+        raise TypeError(f"recipe must be a path or a SamplingRecipe, got {type(recipe).__name__}")
+    recipe.check_model(pipe, source)
+    return {**recipe.optimize_arguments(pipe), "recipe": recipe}
+
+
 def _check_attention(spec: Any) -> tuple[str, dict[str, Any]] | None:
     """``None`` → ``None``; a backend name or ``(backend, knobs)`` → validated ``(backend, knobs)``."""
     from fastsample.kernels.attention import BACKENDS
@@ -228,6 +249,9 @@ class OptimizeHandle(Handle):
     dit_savings: Any = None  # fastsample.kernels.DiTSavingsHandle
     lines: list[str] = field(default_factory=list)
     active: bool = True
+    recipe: Any = None  # fastsample.recipe.SamplingRecipe when applied from a recipe
+    #: keyword arguments the pipeline call needs for the recipe (``num_inference_steps``); empty otherwise
+    call_kwargs: dict[str, Any] = field(default_factory=dict)
 
     def summary(self) -> str:
         """One line per active capability (``"nothing active"`` when none is)."""
@@ -256,6 +280,8 @@ def optimize(
     cache: Any = AUTO,
     attention: Any = AUTO,
     dit_savings: Any = AUTO,
+    *,
+    recipe: Any = None,
 ) -> OptimizeHandle:
     """Compose fastsample's capabilities on ``pipe``; undo with ``handle.disable()`` or a ``with`` block.
 
@@ -284,6 +310,10 @@ def optimize(
             :func:`fastsample.kernels.enable_dit_savings` keywords) for the exact DiT savings: one
             timestep/label embedding per step, one batched adaLN matmul; DiT only
             (``{"fused_modulate": True, "fused_gated_residual": True}`` adds the Triton fusions).
+        recipe: a recipe file written by ``fastsample tune`` (a path) or a
+            :class:`fastsample.recipe.SamplingRecipe`: it sets all of the above, so leave them at ``"auto"``.
+            It is refused for a pipeline whose denoiser weights differ from the ones it was tuned on. Its step
+            count is in ``handle.call_kwargs``: ``pipe(..., **handle.call_kwargs)``.
 
     Applied in the order scheduler, guidance, attention, DiT savings, cache (a block-level cache wraps the
     blocks as the savings left them) and undone in reverse.
@@ -292,6 +322,11 @@ def optimize(
     the pieces already applied are undone before the error propagates.
     """
     adapter = get_adapter(pipe)
+    tuned = None
+    if recipe is not None:
+        tuned = _recipe_arguments(pipe, recipe, scheduler, guidance, cache, attention, dit_savings)
+        scheduler, guidance, cache = tuned["scheduler"], tuned["guidance"], tuned["cache"]
+        attention, dit_savings = tuned["attention"], tuned["dit_savings"]
     requested = {
         "scheduler": scheduler,
         "guidance": guidance,
@@ -320,6 +355,9 @@ def optimize(
             "; ".join(skipped) or "nothing",
         )
     handle = OptimizeHandle(pipe=pipe, original_scheduler=pipe.scheduler)
+    if tuned is not None:
+        handle.recipe, handle.call_kwargs = tuned["recipe"], tuned["recipe"].call_kwargs
+        handle.lines.append(f"recipe: {handle.recipe.name} (call with {handle.call_kwargs})")
     try:
         if new_scheduler is not None:
             pipe.scheduler = new_scheduler

@@ -33,7 +33,7 @@ LAYERS: list[tuple[str, bool, tuple[str, ...]]] = [
     ),
     ("models", True, ("fastsample.zoo", "fastsample.testing")),
     ("evaluation and training", True, ("fastsample.eval", "fastsample.training")),
-    ("composition", False, ("fastsample.optimize",)),
+    ("composition", False, ("fastsample.optimize", "fastsample.recipe", "fastsample.tune")),
     ("applications", False, ("fastsample.cli", "fastsample.*.commands", "fastsample.eval.bench")),
 ]
 

@@ -32,6 +32,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "fastsample.cli.bench",
     "fastsample.cli.solver_table",
     "fastsample.cli.fit_grid",
+    "fastsample.cli.tune",
     "fastsample.cli.fid",
     "fastsample.cli.latency",
     "fastsample.cli.train",

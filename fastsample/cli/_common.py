@@ -27,9 +27,9 @@ __all__ = [
 ]
 
 PIPELINE_HELP = (
-    "'embedded' (the small pixel-space DiT shipped with fastsample), 'fixture:NAME' (a tiny random-weight "
-    "pipeline of fastsample.testing: sd, sdxl, dit, pixart, sd3, flux) or PATH (a local pipeline folder "
-    "written by save_pretrained; nothing is downloaded)"
+    "'embedded' (the small pixel-space VP DiT shipped with fastsample; 'embedded:flow' its rectified-flow "
+    "twin), 'fixture:NAME' (a tiny random-weight pipeline of fastsample.testing: sd, sdxl, dit, pixart, sd3, "
+    "flux) or PATH (a local pipeline folder written by save_pretrained; nothing is downloaded)"
 )
 
 

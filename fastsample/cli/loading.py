@@ -2,8 +2,8 @@
 
 ``load_pipeline(spec)`` understands three spellings, the same in every command that takes ``--pipeline``:
 
-* ``"embedded"``: the small pixel-space DiT shipped in the package (:func:`fastsample.zoo.default.
-  load_default_pipeline`);
+* ``"embedded"`` (= ``"embedded:vp"``) or ``"embedded:flow"``: the small pixel-space DiTs shipped in the
+  package, VP (ε) or rectified flow (:func:`fastsample.zoo.default.load_default_pipeline`);
 * ``"fixture:NAME"``: a tiny random-weight diffusers pipeline of :mod:`fastsample.testing` (``NAME`` one of
   :data:`fastsample.testing.PIPELINE_NAMES`; the text pipelines need ``transformers``);
 * a path: a folder written by ``save_pretrained``, loaded with ``local_files_only=True`` (a
@@ -23,9 +23,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["EMBEDDED", "FIXTURE_PREFIX", "LoadedPipeline", "describe_files", "load_pipeline"]
+__all__ = [
+    "EMBEDDED",
+    "EMBEDDED_MODELS",
+    "FIXTURE_PREFIX",
+    "LoadedPipeline",
+    "describe_files",
+    "load_pipeline",
+]
 
 EMBEDDED = "embedded"
+#: ``--pipeline`` spellings of the shipped models -> ``load_default_pipeline(model=...)``
+EMBEDDED_MODELS = {EMBEDDED: "vp", "embedded:vp": "vp", "embedded:flow": "flow"}
 FIXTURE_PREFIX = "fixture:"
 
 
@@ -76,7 +85,7 @@ def load_pipeline(
                 f"unknown fixture {name!r} in {spec!r}; expected fixture:NAME with NAME one of "
                 f"{', '.join(PIPELINE_NAMES)}"
             )
-    elif spec != EMBEDDED:
+    elif spec not in EMBEDDED_MODELS:
         folder = Path(spec)
         if not folder.is_dir():
             raise FileNotFoundError(
@@ -93,15 +102,17 @@ def load_pipeline(
     torch_dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
     if not isinstance(torch_dtype, torch.dtype):
         raise ValueError(f"dtype must be a torch dtype or its name, got {dtype!r}")
-    if spec == EMBEDDED:
+    if spec in EMBEDDED_MODELS:
         import importlib.resources
 
         from fastsample.zoo.default import DIT_WEIGHTS_FILE, load_default_pipeline
 
-        resource = importlib.resources.files("fastsample.zoo").joinpath("weights", DIT_WEIGHTS_FILE)
+        model = EMBEDDED_MODELS[spec]
+        folder_parts = ("weights",) if model == "vp" else ("weights", "flow")
+        resource = importlib.resources.files("fastsample.zoo").joinpath(*folder_parts, DIT_WEIGHTS_FILE)
         with importlib.resources.as_file(resource) as path:
-            description = "embedded default DiT: " + describe_files([Path(path)])
-        pipe = load_default_pipeline(device=device, dtype=torch_dtype)
+            description = f"embedded default DiT ({model}): " + describe_files([Path(path)])
+        pipe = load_default_pipeline(device=device, dtype=torch_dtype, model=model)
         loaded = LoadedPipeline(pipe, spec, "embedded", None, description)
     elif spec.startswith(FIXTURE_PREFIX):
         from fastsample.testing import tiny_pipeline

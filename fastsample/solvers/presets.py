@@ -7,7 +7,8 @@ configuration reads it from here:
 
 - :func:`fastsample.optimize.optimize` and the benchmark recipes (``fastsample.eval.bench``) build a
   ``shortcut`` (``"ghvb"``, ``"hb"``, ``"plms"``, ``"dpm++2m-hb"``; the bench also its baselines
-  ``"dpm++2m"``, ``"ddim"``, ``"pndm"``, ``"euler"``) for the family of the pipeline's schedule
+  ``"dpm++2m"``, ``"ddim"``, ``"pndm"``, ``"euler"``, ``"unipc"``; for flow configs diffusers' flow modes
+  of DPM-Solver++ and UniPC and FlowMatch Euler) for the family of the pipeline's schedule
   (:func:`build`);
 - the solver table (``fastsample.zoo.solver_table``) gets the rows marked ``in_table`` through
   :func:`benchmark_entries`.
@@ -128,22 +129,35 @@ PRESETS: tuple[Preset, ...] = (
     ),
     Preset("PLMS4 (flow)", "flow", "GHVBScheduler", {"ghvb_order": 4, **_FLOW_TABLE}, "plms", in_table=False),
 )
+_FLOW_SIGMAS = {"use_flow_sigmas": True, "prediction_type": "flow_prediction", "flow_shift": _SHIFT}
 BASELINES: tuple[Preset, ...] = (
     Preset(
         "DPM++2M",
-        None,
+        "vp",
         "DPMSolverMultistepScheduler",
         {"algorithm_type": "dpmsolver++", "solver_order": 2},
         "dpm++2m",
         in_table=False,
     ),
-    Preset("DDIM", None, "DDIMScheduler", {}, "ddim", in_table=False),
-    Preset("PNDM", None, "PNDMScheduler", {"skip_prk_steps": True}, "pndm", in_table=False),
-    Preset("Euler", None, "EulerDiscreteScheduler", {}, "euler", in_table=False),
+    Preset("DDIM", "vp", "DDIMScheduler", {}, "ddim", in_table=False),
+    Preset("PNDM", "vp", "PNDMScheduler", {"skip_prk_steps": True}, "pndm", in_table=False),
+    Preset("Euler", "vp", "EulerDiscreteScheduler", {}, "euler", in_table=False),
+    Preset("UniPC", "vp", "UniPCMultistepScheduler", {}, "unipc", in_table=False),
+    # flow matching: diffusers' flow modes of the same solvers, FlowMatch's `shift` kept
+    Preset(
+        "DPM++2M (flow)",
+        "flow",
+        "DPMSolverMultistepScheduler",
+        {"algorithm_type": "dpmsolver++", "solver_order": 2, **_FLOW_SIGMAS},
+        "dpm++2m",
+        in_table=False,
+    ),
+    Preset("FlowMatch Euler", "flow", "FlowMatchEulerDiscreteScheduler", {}, "euler", in_table=False),
+    Preset("UniPC (flow)", "flow", "UniPCMultistepScheduler", dict(_FLOW_SIGMAS), "unipc", in_table=False),
 )
 
 SHORTCUTS: tuple[str, ...] = tuple(dict.fromkeys(p.shortcut for p in PRESETS if p.shortcut))
-BASELINE_SHORTCUTS: tuple[str, ...] = tuple(p.shortcut for p in BASELINES)
+BASELINE_SHORTCUTS: tuple[str, ...] = tuple(dict.fromkeys(p.shortcut for p in BASELINES))
 
 
 def family_of(config: Any) -> str:

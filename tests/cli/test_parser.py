@@ -106,10 +106,19 @@ def test_one_vocabulary_across_commands():
         if "--steps" in visible:
             assert "sampling steps" in visible["--steps"].help, name
         assert "-v" in visible and "--debug" in visible
-    for name in ("bench", "solver-table", "fid", "latency", "train", "train-guidance", "train-router"):
+    for name in (
+        "bench",
+        "solver-table",
+        "fid",
+        "latency",
+        "train",
+        "train-guidance",
+        "train-router",
+        "tune",
+    ):
         options = {o for a in parsers[name]._actions for o in a.option_strings}
         assert "--out" in options and "--quiet" in options, name
-    for name in ("latency", "train-guidance", "train-router", "bench"):
+    for name in ("latency", "train-guidance", "train-router", "bench", "tune"):
         options = {o for a in parsers[name]._actions for o in a.option_strings}
         assert "--pipeline" in options, name
 
