@@ -123,6 +123,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--mixed-precision", choices=("no", "bf16"), default=d["mixed_precision"], help="autocast dtype"
     )
     parser.add_argument(
+        "--compile", action="store_true", help="torch.compile the training forward (helps on a GPU)"
+    )
+    parser.add_argument(
         "--checkpoint-every-steps",
         type=non_negative_int,
         default=d["checkpoint_every_steps"],
@@ -197,6 +200,7 @@ def config_from_args(args: argparse.Namespace):
         **architecture,
         seed=args.seed,
         mixed_precision=args.mixed_precision,
+        compile=args.compile,
         checkpoint_every_steps=args.checkpoint_every_steps,
         checkpoint_every_minutes=args.checkpoint_every_minutes,
         keep_checkpoints=args.keep_checkpoints,

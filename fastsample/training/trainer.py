@@ -142,6 +142,7 @@ class TrainConfig:
     patch_size: int = 4
     seed: int = 0
     mixed_precision: str = "no"  # "no" or "bf16"
+    compile: bool = False  # torch.compile the training forward (GPU; the stored weights are unchanged)
     checkpoint_every_steps: int = 0  # 0 = by time only
     checkpoint_every_minutes: float = 8.0
     keep_checkpoints: int = 2
@@ -169,6 +170,8 @@ class TrainConfig:
             raise ValueError(
                 f"prediction_type must be one of {TRAIN_PREDICTION_TYPES}, got {self.prediction_type!r}"
             )
+        if not isinstance(self.compile, bool):
+            raise ValueError(f"compile must be a bool, got {self.compile!r}")
         if self.mixed_precision not in ("no", "bf16"):
             raise ValueError(f"mixed_precision must be 'no' or 'bf16', got {self.mixed_precision!r}")
         if not 0 < self.ema_decay < 1:
@@ -581,6 +584,9 @@ def train(config: TrainConfig, resume: str | os.PathLike | None = None) -> dict[
         power=config.ema_power,
     )
     model, optimizer, lr_scheduler = accelerator.prepare(model, optimizer, lr_scheduler)
+    # Only the training forward is compiled: checkpoints, the EMA and exports keep using `model` itself, so
+    # their parameter names never carry torch.compile's `_orig_mod.` prefix.
+    forward = torch.compile(model) if config.compile else model
     ema.to(accelerator.device)
     # The EMA is not registered with accelerate (whose load_state unpickles registered objects with
     # weights_only=False): fastsample writes and reads it as ema.safetensors.
@@ -685,7 +691,7 @@ def train(config: TrainConfig, resume: str | os.PathLike | None = None) -> dict[
                 x0, labels = x0.to(accelerator.device), labels.to(accelerator.device)
                 batch = objective.prepare(x0, generator=_step_generator(config.seed, step, rank, 1))
                 with accelerator.autocast():
-                    pred = model(batch.model_input, timestep=batch.timesteps, class_labels=labels).sample
+                    pred = forward(batch.model_input, timestep=batch.timesteps, class_labels=labels).sample
                 loss = objective.loss(pred, batch)
                 accelerator.backward(loss)
                 if config.grad_clip > 0:
