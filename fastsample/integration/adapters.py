@@ -72,7 +72,12 @@ class PipelineAdapter:
         or ``flow``."""
         if self.parameterization == "flow":
             return "flow"
-        kind = getattr(pipe.scheduler.config, "prediction_type", None) or "epsilon"
+        config = pipe.scheduler.config
+        kind = getattr(config, "prediction_type", None) or "epsilon"
+        # a flow-matching schedule: FlowMatch* (no betas, a `shift`) or DPM-Solver/UniPC in flow mode, whose
+        # "flow_prediction" is the same velocity the model outputs
+        if kind == "flow_prediction" or "FlowMatch" in type(pipe.scheduler).__name__:
+            return "flow"
         if kind not in _VP_PREDICTION_TYPES:
             raise ValueError(
                 f"{type(pipe).__name__}: scheduler prediction_type={kind!r} is not supported; "

@@ -75,3 +75,19 @@ def test_flow_alpha_sigma():
     assert float(s) == 0.75 and float(a) == 0.25
     a, s = ADAPTERS["FluxPipeline"].alpha_sigma(Fake, torch.tensor([0.25]))
     assert float(s) == 0.25 and float(a) == 0.75
+
+
+def test_pixel_dit_on_a_flow_schedule_is_a_flow_model():
+    """FlowMatch Euler (no prediction_type in its config) and DPM-Solver/UniPC in flow mode ("flow_prediction")
+    both mean that the model's output is the flow velocity."""
+    from fastsample.solvers.presets import build
+    from fastsample.zoo.default import load_default_pipeline
+
+    pipe = load_default_pipeline(model="flow")
+    adapter = get_adapter(pipe)
+    assert adapter.prediction_type(pipe) == "flow"
+    config = pipe.scheduler.config
+    for shortcut in ("dpm++2m", "unipc", "ghvb"):
+        pipe.scheduler = build(shortcut, config, baselines=True)
+        assert adapter.prediction_type(pipe) == "flow", shortcut
+    assert adapter.prediction_type(load_default_pipeline(model="vp")) == "epsilon"
