@@ -78,8 +78,8 @@ def test_flow_alpha_sigma():
 
 
 def test_pixel_dit_on_a_flow_schedule_is_a_flow_model():
-    """FlowMatch Euler (no prediction_type in its config) and DPM-Solver/UniPC in flow mode ("flow_prediction")
-    both mean that the model's output is the flow velocity."""
+    """FlowMatch Euler (no prediction_type in its config) and DPM-Solver/UniPC in flow mode
+    ("flow_prediction") both mean that the model's output is the flow velocity."""
     from fastsample.solvers.presets import build
     from fastsample.zoo.default import load_default_pipeline
 
