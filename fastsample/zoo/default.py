@@ -161,7 +161,10 @@ def load_dit(
     state = read_safetensors(weights_file, f"the weights of the DiT described by {DIT_CONFIG_FILE}")
     with reading(weights_file, f"the weights of the DiT described by {DIT_CONFIG_FILE}"):
         transformer.load_state_dict(state, strict=True)
-    transformer = transformer.to(device=device, dtype=dtype or torch.float32)
+    if (dtype or torch.float32) != transformer.dtype:  # diffusers warns on every dtype cast, even a no-op
+        transformer = transformer.to(dtype=dtype)
+    if device is not None:
+        transformer = transformer.to(device)
     return transformer.eval()
 
 
