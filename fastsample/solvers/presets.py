@@ -128,7 +128,21 @@ PRESETS: tuple[Preset, ...] = (
     ),
     Preset("PLMS4 (flow)", "flow", "GHVBScheduler", {"ghvb_order": 4, **_FLOW_TABLE}, "plms", in_table=False),
 )
+_FLOW_SIGMAS = {"use_flow_sigmas": True, "prediction_type": "flow_prediction", "flow_shift": _SHIFT}
 BASELINES: tuple[Preset, ...] = (
+    # diffusers' flow-capable schedulers, built from a FlowMatch config (listed first: a flow config must not
+    # fall through to the VP-only rows below, which take no flow sigmas)
+    Preset("FlowMatch Euler", "flow", "FlowMatchEulerDiscreteScheduler", {}, "flow-euler", in_table=False),
+    Preset("FlowMatch Heun", "flow", "FlowMatchHeunDiscreteScheduler", {}, "flow-heun", in_table=False),
+    Preset(
+        "DPM++2M (flow)",
+        "flow",
+        "DPMSolverMultistepScheduler",
+        {"algorithm_type": "dpmsolver++", "solver_order": 2, **_FLOW_SIGMAS},
+        "dpm++2m",
+        in_table=False,
+    ),
+    Preset("UniPC (flow)", "flow", "UniPCMultistepScheduler", dict(_FLOW_SIGMAS), "unipc", in_table=False),
     Preset(
         "DPM++2M",
         None,
@@ -140,10 +154,20 @@ BASELINES: tuple[Preset, ...] = (
     Preset("DDIM", None, "DDIMScheduler", {}, "ddim", in_table=False),
     Preset("PNDM", None, "PNDMScheduler", {"skip_prk_steps": True}, "pndm", in_table=False),
     Preset("Euler", None, "EulerDiscreteScheduler", {}, "euler", in_table=False),
+    Preset(
+        "DPM++2M Karras",
+        "vp",
+        "DPMSolverMultistepScheduler",
+        {"algorithm_type": "dpmsolver++", "solver_order": 2, "use_karras_sigmas": True},
+        "dpm++2m-karras",
+        in_table=False,
+    ),
+    Preset("UniPC", "vp", "UniPCMultistepScheduler", {}, "unipc", in_table=False),
+    Preset("DEIS", "vp", "DEISMultistepScheduler", {}, "deis", in_table=False),
 )
 
 SHORTCUTS: tuple[str, ...] = tuple(dict.fromkeys(p.shortcut for p in PRESETS if p.shortcut))
-BASELINE_SHORTCUTS: tuple[str, ...] = tuple(p.shortcut for p in BASELINES)
+BASELINE_SHORTCUTS: tuple[str, ...] = tuple(dict.fromkeys(p.shortcut for p in BASELINES if p.shortcut))
 
 
 def family_of(config: Any) -> str:
