@@ -24,7 +24,8 @@ of all recipes (round-robin; each round starts at another recipe), and :func:`sc
 * timing: the median latency of one ``pipe(...)`` call on a batch with its p10–p90 over rounds, and the
   clock-free cost ``nfe × units``: denoiser samples evaluated per image (a CFG step counts 2) times the
   fraction of the transformer's attention and MLP units that really ran (forward pre-hooks on each block's
-  ``attn1.to_q`` and first MLP layer: a unit served from a cache never calls them).
+  ``attn1.to_q`` and first MLP layer: a unit served from a cache never calls them), i.e. the samples' worth
+  of unit work per image.
 
 :func:`frontier` then answers, for each quality level (:data:`DEFAULT_LEVELS`: paired PSNR ≥ 30 dB, ≥ 25 dB,
 FD within the reference's interval), which recipe of each family is fastest, and how much faster
@@ -43,6 +44,7 @@ import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -69,9 +71,13 @@ __all__ = [
     "Samples",
     "UnitCounter",
     "frontier",
+    "frontier_markdown",
+    "headline",
     "mean_saturation",
+    "plot_pareto",
     "ratio_summary",
     "reference_recipe",
+    "results_markdown",
     "score",
     "separated",
 ]
@@ -199,21 +205,22 @@ class UnitCounter:
 
     ``NFECounter`` on the denoiser counts the samples it was called on; one more on each block's
     ``attn1.to_q`` and on the first layer of its MLP (``ff.net[0]``) counts the samples a unit really
-    computed: caches (fastsample's, diffusers', cache-dit's) return stored outputs without calling them.
-    ``unit_fraction`` = unit samples / (denoiser samples × number of units); ``None`` when the denoiser has
-    no ``transformer_blocks`` of that layout.
+    computed: caches (fastsample's, diffusers', cache-dit's) return stored outputs without calling them, and
+    Adaptive Guidance's re-packed batches carry fewer rows. ``unit_samples`` = unit samples / number of
+    units; ``None`` when the denoiser has no ``transformer_blocks`` of that layout.
     """
 
     def __init__(self, model: torch.nn.Module) -> None:
-        self.denoiser = NFECounter(model)
-        self.units: list[NFECounter] = []
+        modules: list[torch.nn.Module] = []
         for block in getattr(model, "transformer_blocks", ()):
             attn = getattr(getattr(block, "attn1", None), "to_q", None)
             ff = getattr(getattr(block, "ff", None), "net", None)
             if attn is None or ff is None:
-                self.units = []
+                modules = []
                 break
-            self.units += [NFECounter(attn), NFECounter(ff[0])]
+            modules += [attn, ff[0]]
+        self.denoiser = NFECounter(model)
+        self.units = [NFECounter(module) for module in modules]
 
     @property
     def calls(self) -> int:
@@ -226,10 +233,12 @@ class UnitCounter:
         return self.denoiser.samples
 
     @property
-    def unit_fraction(self) -> float | None:
-        if not self.units or self.denoiser.samples == 0:
+    def unit_samples(self) -> float | None:
+        """Samples each unit computed, averaged over the units (``None`` without units): the denoiser
+        samples' worth of unit work that really ran."""
+        if not self.units:
             return None
-        return sum(c.samples for c in self.units) / (self.denoiser.samples * len(self.units))
+        return sum(c.samples for c in self.units) / len(self.units)
 
     def remove(self) -> None:
         for counter in (self.denoiser, *self.units):
@@ -516,7 +525,8 @@ class RecipeRunner:
     # ------------------------------------------------------------------ sampling
     def call(self, recipe: Recipe, labels: torch.Tensor, noise: torch.Tensor) -> dict[str, Any]:
         """One timed ``pipe(...)`` call of ``recipe`` on a batch: ``images`` (float32 CPU, [0, 1]),
-        ``seconds``, ``calls`` (denoiser forwards), ``samples`` (denoiser samples), ``unit_fraction``."""
+        ``seconds``, ``calls`` (denoiser forwards), ``samples`` (denoiser samples evaluated) and
+        ``unit_samples`` (:class:`UnitCounter`)."""
         with self.applied(recipe) as handle:
             counter = UnitCounter(self.pipe.transformer)
             try:
@@ -538,7 +548,7 @@ class RecipeRunner:
             "seconds": watch.seconds,
             "calls": counter.calls,
             "samples": samples,
-            "unit_fraction": counter.unit_fraction,
+            "unit_samples": counter.unit_samples,
         }
 
     def sample_all(
@@ -582,7 +592,7 @@ class Samples:
     seconds: list[float] = field(default_factory=list)  # one per timed round
     calls: int = 0
     samples: int = 0
-    unit_fractions: list[float] = field(default_factory=list)
+    unit_samples: float | None = None
     batches: int = 0
 
     def add(self, result: dict[str, Any], timed: bool) -> None:
@@ -592,8 +602,8 @@ class Samples:
         self.calls += result["calls"]
         self.samples += result["samples"]
         self.batches += 1
-        if result["unit_fraction"] is not None:
-            self.unit_fractions.append(result["unit_fraction"] * result["samples"])
+        if result["unit_samples"] is not None:
+            self.unit_samples = (self.unit_samples or 0.0) + result["unit_samples"]
 
     @property
     def all_images(self) -> torch.Tensor:
@@ -601,10 +611,10 @@ class Samples:
 
     @property
     def unit_fraction(self) -> float | None:
-        """Sample-weighted fraction of units computed (``None`` without unit counts)."""
-        if not self.unit_fractions or self.samples == 0:
+        """Fraction of the evaluated samples' unit work that really ran (``None`` without unit counts)."""
+        if self.unit_samples is None or self.samples == 0:
             return None
-        return float(sum(self.unit_fractions) / self.samples)
+        return float(self.unit_samples / self.samples)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -859,3 +869,142 @@ def frontier(
             )
         entries.append(FrontierEntry(level.name, fastest, speedup))
     return entries
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Rendering
+# ---------------------------------------------------------------------------------------------------------
+def _band(values: tuple[float, float, float] | None) -> str:
+    return "-" if values is None else f"{values[0]:.2f}x [{values[1]:.2f}, {values[2]:.2f}]"
+
+
+def _who(result: RecipeResult | None) -> str:
+    if result is None:
+        return "none reaches it"
+    psnr = "" if result.psnr is None else f", {result.psnr.estimate:.1f} dB"
+    return f"`{result.name}` ({result.latency:.3g} s{psnr}, cost {result.cost:.3g})"
+
+
+def frontier_markdown(entries: Sequence[FrontierEntry]) -> str:
+    """The frontier as a markdown table: per level, the fastest recipe of each family and fastsample's
+    speed-up over diffusers and cache-dit (median [p10, p90] of per-round ratios) with the verdict."""
+    lines = [
+        "| quality level | diffusers fastest | fastsample fastest | cache-dit fastest | fastsample vs "
+        "diffusers | fastsample vs cache-dit |",
+        "|---|---|---|---|---|---|",
+    ]
+    for entry in entries:
+        versus = [
+            f"{_band(entry.speedup.get(other))} ({entry.verdict(other)})"
+            for other in ("diffusers", "cache-dit")
+        ]
+        cells = [entry.level, *(_who(entry.fastest.get(f)) for f in ("diffusers", "fastsample", "cache-dit"))]
+        lines.append("| " + " | ".join([*cells, *versus]) + " |")
+    return "\n".join(lines)
+
+
+def headline(entries: Sequence[FrontierEntry], other: str = "diffusers") -> str:
+    """One sentence per level: fastsample's fastest against ``other``'s fastest, median [p10–p90], and the
+    verdict (never a winner the band does not separate)."""
+    parts = []
+    for entry in entries:
+        ours, theirs = entry.fastest.get("fastsample"), entry.fastest.get(other)
+        if ours is None or theirs is None:
+            parts.append(f"at {entry.level}: {entry.verdict(other)}.")
+            continue
+        median, low, high = entry.speedup[other]  # type: ignore[misc]
+        parts.append(
+            f"at {entry.level}: fastsample `{ours.name}` vs {other} `{theirs.name}`: {median:.2f}x faster "
+            f"(p10–p90 {low:.2f}–{high:.2f}; {entry.verdict(other)})."
+        )
+    text = " ".join(parts)
+    return text[:1].upper() + text[1:] if parts else "No quality level was evaluated."
+
+
+def _interval(value: Interval | None, digits: int = 3) -> str:
+    if value is None:
+        return "-"
+    return f"{value.estimate:.{digits}g} [{value.low:.{digits}g}, {value.high:.{digits}g}]"
+
+
+def results_markdown(results: Sequence[RecipeResult]) -> str:
+    """Every recipe as a markdown table, sorted by family then median latency."""
+    header = (
+        "| recipe | family | latency_s [p10, p90] | nfe | units | cost | psnr | ssim | feat | fd | shape "
+        "| hue | sat |"
+    )
+    lines = [header, "|" + "---|" * 13]
+    order = {family: i for i, family in enumerate(FAMILIES)}
+    for r in sorted(results, key=lambda r: (r.name != "reference", order[r.family], r.latency)):
+        low, high = r.latency_band
+        units = "-" if r.unit_fraction is None else f"{r.unit_fraction:.2f}"
+        cells = [
+            f"`{r.name}`",
+            r.family,
+            f"{r.latency:.3g} [{low:.3g}, {high:.3g}]",
+            f"{r.nfe:.3g}",
+            units,
+            f"{r.cost:.3g}",
+            _interval(r.psnr),
+            _interval(r.ssim),
+            _interval(r.feature_distance, 2),
+            "-" if r.fd is None else _interval(r.fd.fd),
+            "-" if r.shape_accuracy is None else f"{r.shape_accuracy:.2f}",
+            "-" if r.hue_accuracy is None else f"{r.hue_accuracy:.2f}",
+            "-" if r.saturation is None else f"{r.saturation:.3f}",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+_COLOURS = {"diffusers": "tab:blue", "fastsample": "tab:red", "cache-dit": "tab:green"}
+
+
+def plot_pareto(
+    results: Sequence[RecipeResult], path: str | os.PathLike, title: str, batch_size: int | None = None
+) -> None:
+    """Paired PSNR (dB, y) against median latency (s, log x) of every recipe with a PSNR, one colour per
+    family, each family's Pareto front as a step line, every point labelled, the 25 and 30 dB levels
+    dashed."""
+    from fastsample.eval.report import _require_matplotlib, pareto_front
+
+    plt = _require_matplotlib()
+    figure, axes = plt.subplots(figsize=(10, 6.5))
+    for family in FAMILIES:
+        points = [r for r in results if r.family == family and r.psnr is not None and r.seconds]
+        if not points:
+            continue
+        x = [r.latency for r in points]
+        y = [min(r.psnr.estimate, 60.0) for r in points]  # type: ignore[union-attr]
+        axes.scatter(x, y, color=_COLOURS[family], label=family, zorder=3, s=22)
+        front = pareto_front(x, y, lower_is_better=False)
+        axes.plot(
+            [x[i] for i in front],
+            [y[i] for i in front],
+            color=_COLOURS[family],
+            alpha=0.6,
+            drawstyle="steps-post",
+            zorder=2,
+        )
+        for r, xi, yi in zip(points, x, y):
+            axes.annotate(
+                r.name,
+                (xi, yi),
+                textcoords="offset points",
+                xytext=(3, 3),
+                fontsize=6.5,
+                color=_COLOURS[family],
+            )
+    for level in (25.0, 30.0):
+        axes.axhline(level, color="grey", linestyle="--", linewidth=0.8, zorder=1)
+    axes.set_xscale("log")
+    per = f" of {batch_size} images" if batch_size else ""
+    axes.set_xlabel(f"median latency per pipeline call{per} (s, log scale)")
+    axes.set_ylabel("paired PSNR against the reference (dB, higher is better)")
+    axes.set_title(title)
+    axes.grid(alpha=0.3, which="both")
+    axes.legend(loc="lower right")
+    figure.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
