@@ -178,6 +178,7 @@ def settings_from_args(args: argparse.Namespace):
         dtype=args.dtype,
         pipeline=pipeline,
         names=names,
+        **({"n_boot": 200, "fd_boot": 50} if args.quick else {}),
     )
 
 

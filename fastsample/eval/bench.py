@@ -38,13 +38,22 @@ from fastsample.eval.frontier import (
     RecipeRunner,
     cache_dit_available,
     frontier,
+    mean_saturation,
     reference_recipe,
     score,
 )
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["MODELS", "SIZES", "BenchSettings", "recipe_set", "run_bench"]
+__all__ = [
+    "MODELS",
+    "SIZES",
+    "BenchSettings",
+    "build_scheduler",
+    "mean_saturation",
+    "recipe_set",
+    "run_bench",
+]
 
 MODELS = ("vp", "flow")
 SIZES = ("quick", "default", "full")
@@ -131,6 +140,9 @@ def _vp(size: str) -> list[Recipe]:
         recipes += [_fastsample("ghvb", s, "ag", "fora", interval=2) for s in (15, 20)]
         recipes += [_fastsample("ghvb", s, "ag", "taylorseer", interval=2) for s in (15, 20)]
         recipes += [_fastsample("ghvb", 20, "ag", "taylorseer", kernels=True, interval=2)]
+        # fastsample's exact kernels and cache on diffusers' own solvers (the same images, less work)
+        recipes += [_fastsample(sch, s, kernels=True) for sch in ("dpm++2m", "unipc") for s in (10, 15)]
+        recipes += [_fastsample("dpm++2m", 20, cache="taylorseer", kernels=True, interval=2)]
         recipes += [_cache_dit("dpm++2m", s, 0.1) for s in (15, 20)]
         return recipes
     steps = (5, 6, 8, 10, 12, 15, 20, 25, 30, 40, 50)
@@ -164,6 +176,12 @@ def _vp(size: str) -> list[Recipe]:
         if not (scheduler != "ghvb" and guidance == "cfg" and cache is None and s > 20)
     ]
     recipes += [_fastsample("ghvb", s, "ag", "taylorseer", kernels=True, interval=2) for s in steps]
+    recipes += [
+        _fastsample(scheduler, s, cache=cache, kernels=True, **options)
+        for scheduler in ("dpm++2m", "unipc")
+        for s in steps
+        for cache, options in fastsample_caches
+    ]
     recipes += [_cache_dit("dpm++2m", s, t) for s in steps for t in (0.08, 0.12, 0.2)]
     return recipes
 
@@ -465,6 +483,46 @@ def save_class_grid(
             canvas.paste(tile, (left + j * (size + pad), y))
     path.parent.mkdir(parents=True, exist_ok=True)
     canvas.save(path)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Helpers the benchmark scripts share (benchmarks/*.py)
+# ---------------------------------------------------------------------------------------------------------
+def build_scheduler(name: str, config: Any) -> Any:
+    """The scheduler ``name`` (a shortcut of :mod:`fastsample.solvers.presets`, diffusers baselines included)
+    built with ``from_config`` from the pipeline's own (training) schedule."""
+    from fastsample.solvers.presets import build
+
+    return build(name, config, baselines=True)
+
+
+def load_pipeline(settings: BenchSettings) -> tuple[Any, str]:
+    """The pipeline of ``settings`` (the embedded VP model, or ``settings.pipeline``) and a description of
+    its weights."""
+    return _load(settings, "vp")
+
+
+def _balanced_labels(samples: int, num_classes: int) -> torch.Tensor:
+    return torch.arange(samples) % num_classes
+
+
+def _statistics(extractor: Any, images: torch.Tensor, batch_size: int = 500) -> Any:
+    """Feature statistics of ``images`` through ``extractor`` (streamed in chunks)."""
+    from fastsample.eval.stats import FeatureStatistics
+
+    accumulator = FeatureStatistics(extractor.feature_dim)
+    for chunk in images.split(batch_size):
+        accumulator.update(extractor(chunk).cpu())
+    return accumulator.result()
+
+
+def _timed_call(pipe: Any, device: torch.device, **kwargs: Any) -> tuple[torch.Tensor, float]:
+    """``pipe(**kwargs)`` timed by the one clock (:class:`fastsample.integration.measure.Stopwatch`)."""
+    from fastsample.integration.measure import Stopwatch
+
+    with Stopwatch(device) as watch:
+        images = pipe(**kwargs).images
+    return images, watch.seconds
 
 
 def _versions() -> str:
