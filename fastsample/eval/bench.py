@@ -202,6 +202,11 @@ def _flow(size: str) -> list[Recipe]:
         recipes += [_fastsample("ghvb", s) for s in (6, 8, 10, 12, 15)]
         recipes += [_fastsample("ghvb", s, "ag") for s in (8, 10, 12, 15)]
         recipes += [_fastsample("ghvb", s, "ag", "taylorseer", interval=2) for s in (12, 15)]
+        # fastsample's exact kernels and cache on diffusers' own solvers (the same images, less work)
+        recipes += [
+            _fastsample(sch, s, kernels=True) for sch in ("flow-euler", "dpm++2m") for s in (8, 10, 15)
+        ]
+        recipes += [_fastsample("dpm++2m", 15, cache="taylorseer", kernels=True, interval=2)]
         recipes += [_cache_dit("flow-euler", s, 0.1) for s in (15, 20)]
         return recipes
     steps = (5, 6, 8, 10, 12, 15, 20, 25, 30, 40, 50)
@@ -217,6 +222,12 @@ def _flow(size: str) -> list[Recipe]:
         for scheduler in ("ghvb", "hb")
         for s in steps
         for guidance in ("cfg", "ag")
+        for cache, options in ((None, {}), ("taylorseer", {"interval": 2}))
+    ]
+    recipes += [
+        _fastsample(scheduler, s, cache=cache, kernels=True, **options)
+        for scheduler in ("flow-euler", "dpm++2m", "unipc")
+        for s in steps
         for cache, options in ((None, {}), ("taylorseer", {"interval": 2}))
     ]
     recipes += [_cache_dit("flow-euler", s, t) for s in steps for t in (0.08, 0.12)]

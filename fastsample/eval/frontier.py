@@ -927,21 +927,27 @@ def _interval(value: Interval | None, digits: int = 3) -> str:
     return f"{value.estimate:.{digits}g} [{value.low:.{digits}g}, {value.high:.{digits}g}]"
 
 
-def results_markdown(results: Sequence[RecipeResult]) -> str:
-    """Every recipe as a markdown table, sorted by family then median latency."""
+def results_markdown(results: Sequence[RecipeResult], reference: str = "reference") -> str:
+    """Every recipe as a markdown table, sorted by family then median latency; ``vs ref``: the speed-up over
+    the ``reference`` recipe, t_reference / t_recipe per round, median [p10, p90]."""
     header = (
-        "| recipe | family | latency_s [p10, p90] | nfe | units | cost | psnr | ssim | feat | fd | shape "
-        "| hue | sat |"
+        "| recipe | family | latency_s [p10, p90] | vs ref | nfe | units | cost | psnr | ssim | feat | fd "
+        "| shape | hue | sat |"
     )
-    lines = [header, "|" + "---|" * 13]
+    lines = [header, "|" + "---|" * 14]
     order = {family: i for i, family in enumerate(FAMILIES)}
-    for r in sorted(results, key=lambda r: (r.name != "reference", order[r.family], r.latency)):
+    ref = next((r for r in results if r.name == reference), None)
+    for r in sorted(results, key=lambda r: (r.name != reference, order[r.family], r.latency)):
         low, high = r.latency_band
         units = "-" if r.unit_fraction is None else f"{r.unit_fraction:.2f}"
+        versus = "-"
+        if ref is not None and r is not ref and ref.seconds and len(ref.seconds) == len(r.seconds):
+            versus = _band(ratio_summary(ref.seconds, r.seconds))
         cells = [
             f"`{r.name}`",
             r.family,
             f"{r.latency:.3g} [{low:.3g}, {high:.3g}]",
+            versus,
             f"{r.nfe:.3g}",
             units,
             f"{r.cost:.3g}",

@@ -165,7 +165,7 @@ def test_markdown_and_plot(tmp_path):
     table = fr.frontier_markdown(entries)
     assert table.count("\n") == 2 + len(entries) - 1 and "2.00x [2.00, 2.00] (fastsample faster)" in table
     listing = fr.results_markdown(results)
-    assert listing.splitlines()[2].startswith("| `reference` |")
+    assert listing.splitlines()[2].startswith("| `reference` |") and "| 3.00x [3.00, 3.00] |" in listing
     fr.plot_pareto(results, tmp_path / "p.png", title="t", batch_size=8)
     assert (tmp_path / "p.png").stat().st_size > 0
 
