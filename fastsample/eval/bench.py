@@ -89,8 +89,10 @@ def _fastsample(
     return Recipe(name, "fastsample", scheduler, steps, guidance, cache, _pairs(options), kernels)
 
 
-def _cache_dit(scheduler: str, steps: int, threshold: float) -> Recipe:
-    options = {"residual_diff_threshold": threshold}
+def _cache_dit(scheduler: str, steps: int, threshold: float, warmup: int = 4) -> Recipe:
+    """cache-dit's DBCache F1B0 (block 0 always computed, no tail blocks) with ``threshold`` on the residual
+    difference and ``warmup`` uncached steps (its default 8 would leave few steps to cache at 10–20)."""
+    options = {"residual_diff_threshold": threshold, "max_warmup_steps": warmup}
     return Recipe(
         f"{scheduler}-{steps}-dbcache{threshold:g}",
         "cache-dit",
@@ -143,7 +145,7 @@ def _vp(size: str) -> list[Recipe]:
         # fastsample's exact kernels and cache on diffusers' own solvers (the same images, less work)
         recipes += [_fastsample(sch, s, kernels=True) for sch in ("dpm++2m", "unipc") for s in (10, 15)]
         recipes += [_fastsample("dpm++2m", 20, cache="taylorseer", kernels=True, interval=2)]
-        recipes += [_cache_dit("dpm++2m", s, 0.1) for s in (15, 20)]
+        recipes += [_cache_dit("dpm++2m", s, t) for s in (15, 20) for t in (0.1, 0.2)]
         return recipes
     steps = (5, 6, 8, 10, 12, 15, 20, 25, 30, 40, 50)
     diffusers_caches = (
@@ -207,7 +209,7 @@ def _flow(size: str) -> list[Recipe]:
             _fastsample(sch, s, kernels=True) for sch in ("flow-euler", "dpm++2m") for s in (8, 10, 15)
         ]
         recipes += [_fastsample("dpm++2m", 15, cache="taylorseer", kernels=True, interval=2)]
-        recipes += [_cache_dit("flow-euler", s, 0.1) for s in (15, 20)]
+        recipes += [_cache_dit(sch, s, 0.1) for sch in ("flow-euler", "dpm++2m") for s in (12, 15)]
         return recipes
     steps = (5, 6, 8, 10, 12, 15, 20, 25, 30, 40, 50)
     caches = ((None, {}), ("diffusers-fbc", {"threshold": 0.1}), ("diffusers-taylorseer", _TAYLOR))

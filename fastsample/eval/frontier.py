@@ -458,24 +458,55 @@ class RecipeRunner:
     def _cache_dit(self, recipe: Recipe) -> Iterator[None]:
         """cache-dit's DBCache on the transformer through an explicit ``BlockAdapter`` (its automatic
         matching does not know PixelDiT); DiT blocks return the hidden states only (``ForwardPattern``
-        3)."""
+        3).
+
+        During the forward cache-dit replaces ``transformer_blocks`` by a one-element list holding its
+        cached-blocks wrapper, and ``DiTTransformer2DModel.forward`` reads ``transformer_blocks[0].norm1.emb``
+        after the block loop (the final layer's conditioning): a forward pre-hook, registered for the block
+        only, lends block 0's ``norm1`` to the wrapper when it first runs (the wrapper is discarded by
+        ``disable_cache``). cache-dit's log lines below ERROR are kept out of the progress bar unless logging
+        is at INFO (``-v``)."""
         if not cache_dit_available():
             raise ImportError("recipe needs cache-dit: pip install 'fastsample[peers]'")
         import cache_dit
+        from torch.nn.modules.module import register_module_forward_pre_hook
 
+        transformer = self.pipe.transformer
+        first_norm = getattr(transformer.transformer_blocks[0], "norm1", None)
+
+        def lend_norm(module: torch.nn.Module, args: tuple) -> None:
+            wrapper = type(module).__name__.startswith("CachedBlocks")
+            if first_norm is not None and wrapper and "norm1" not in module._modules:
+                module.norm1 = first_norm
+
+        quiet = {
+            name: logging.getLogger(name)
+            for name in [*logging.root.manager.loggerDict, "CACHE_DIT"]
+            if name.upper().startswith("CACHE_DIT")
+        }
+        levels = {name: logger.level for name, logger in quiet.items()}
+        if not logging.getLogger().isEnabledFor(logging.INFO):
+            for logger_ in quiet.values():
+                logger_.setLevel(logging.ERROR)  # its per-call INFO and warnings would fill the bar
         options = {"Fn_compute_blocks": 1, "Bn_compute_blocks": 0, **recipe.options}
         adapter = cache_dit.BlockAdapter(
             pipe=self.pipe,
-            transformer=self.pipe.transformer,
-            blocks=self.pipe.transformer.transformer_blocks,
+            transformer=transformer,
+            blocks=transformer.transformer_blocks,
             forward_pattern=cache_dit.ForwardPattern.Pattern_3,
             check_forward_pattern=False,
         )
-        cache_dit.enable_cache(adapter, cache_config=cache_dit.DBCacheConfig(**options))
+        hook = register_module_forward_pre_hook(lend_norm)
         try:
-            yield
+            cache_dit.enable_cache(adapter, cache_config=cache_dit.DBCacheConfig(**options))
+            try:
+                yield
+            finally:
+                cache_dit.disable_cache(self.pipe)
         finally:
-            cache_dit.disable_cache(self.pipe)
+            hook.remove()
+            for name, logger_ in quiet.items():
+                logger_.setLevel(levels[name])
 
     def calibrate_mag_cache(self, recipe: Recipe) -> list[float]:
         """MagCache's per-step magnitude ratios for ``recipe``'s scheduler and steps, from diffusers' own
