@@ -252,3 +252,25 @@ def test_settings_pick_the_set_and_the_models(tmp_path):
     chosen = settings("--configs", "dpm++2m-10,fs-ghvb-10")
     assert [r.name for r in chosen.recipes["vp"]] == ["dpm++2m-10", "fs-ghvb-10"]
     assert settings("--full").size == "full" and settings().reference_steps == 100
+
+
+def test_cache_dit_dbcache_runs_and_is_undone(tiny_pipeline_dir):
+    """With the optional peer installed, DBCache runs on the DiT through the explicit adapter (the pipeline is
+    restored exactly afterwards); threshold 0 reuses nothing, so the images equal the uncached ones."""
+    pytest.importorskip("cache_dit")
+    from fastsample.pipelines.pixel_dit import PixelDiTPipeline
+
+    pipe = PixelDiTPipeline.from_pretrained(tiny_pipeline_dir)
+    pipe.set_progress_bar_config(disable=True)
+    runner = RecipeRunner(pipe, 4.0)
+    noise = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    labels = torch.tensor([0, 1])
+    plain = runner.call(Recipe("p", "diffusers", "dpm++2m", 6), labels, noise)
+    exact = (("max_warmup_steps", 0), ("residual_diff_threshold", 0.0))
+    cached = runner.call(
+        Recipe("c", "cache-dit", "dpm++2m", 6, cache="cache-dit-dbcache", cache_options=exact), labels, noise
+    )
+    assert torch.equal(cached["images"], plain["images"]) and cached["unit_samples"] == cached["samples"]
+    again = runner.call(Recipe("p", "diffusers", "dpm++2m", 6), labels, noise)
+    assert torch.equal(again["images"], plain["images"])
+    assert type(pipe.transformer.transformer_blocks).__name__ == "ModuleList"

@@ -266,3 +266,18 @@ def test_score_takes_the_floor_from_the_same_label_real_images():
     assert ref.psnr is None and results["other"].psnr is not None
     assert results["other"].hue_accuracy is not None and math.isfinite(results["other"].shape_accuracy)
     assert results["other"].nfe == 8.0 and results["other"].latency == 0.5
+
+
+def test_fastest_is_chosen_by_the_per_round_ratio_to_the_reference():
+    """The last three rounds were slowed for everyone (the reference took 2x). 'w' has the lower median
+    latency, but against the reference timed in the same rounds it is the slower one (median ratio 0.11 vs
+    0.1): 'a' is picked."""
+    reference = _result("reference", "diffusers", [10.0, 10.0, 20.0, 20.0, 20.0], fd=(2.0, 1.8, 2.4))
+    a = _result("a", "diffusers", [1.0, 1.0, 2.0, 2.0, 2.0], psnr=31.0)  # ratio 0.1 in every round
+    w = _result("w", "diffusers", [1.5, 1.5, 1.5, 2.2, 2.2], psnr=31.0)  # ratios .15 .15 .075 .11 .11
+    f = _result("f", "fastsample", [1.0] * 5, psnr=31.0)
+    assert w.latency < a.latency
+    entry = fr.frontier([reference, a, w, f])[0]
+    assert entry.fastest["diffusers"].name == "a"
+    without_reference = fr.frontier([a, w, f], reference=None)[0]
+    assert without_reference.fastest["diffusers"].name == "w"  # no reference: the median latency decides
