@@ -363,9 +363,12 @@ def run_model(settings: BenchSettings, model: str, progress: bool = True) -> dic
     pipe, weights = _load(settings, model)
     pipe.set_progress_bar_config(disable=True)
     kind = family_of(pipe.scheduler.config)
-    if settings.pipeline is not None and kind != model:
+    model_recipes = settings.recipes.get(model, ())
+    if kind != model:  # a --pipeline folder decides its own family: its recipe set, the same names kept
         logger.info("the pipeline's scheduler is a %s schedule: using the %s recipes", kind, kind)
-    model_recipes = settings.recipes.get(model) or recipe_set(kind, settings.size)
+        model_recipes = recipe_set(kind, settings.size)
+        if settings.names is not None:
+            model_recipes = tuple(r for r in model_recipes if r.name in settings.names)
     steps = settings.reference_steps
     reference = reference_recipe(kind, steps)
     runner = RecipeRunner(pipe, settings.guidance_scale, settings.device, settings.seed)

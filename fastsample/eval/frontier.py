@@ -953,7 +953,7 @@ def headline(entries: Sequence[FrontierEntry], other: str = "diffusers") -> str:
             continue
         median, low, high = entry.speedup[other]  # type: ignore[misc]
         parts.append(
-            f"at {entry.level}: fastsample `{ours.name}` vs {other} `{theirs.name}`: {median:.2f}x faster "
+            f"at {entry.level}: fastsample `{ours.name}` vs {other} `{theirs.name}`: speed-up {median:.2f}x "
             f"(p10–p90 {low:.2f}–{high:.2f}; {entry.verdict(other)})."
         )
     text = " ".join(parts)

@@ -274,3 +274,24 @@ def test_cache_dit_dbcache_runs_and_is_undone(tiny_pipeline_dir):
     again = runner.call(Recipe("p", "diffusers", "dpm++2m", 6), labels, noise)
     assert torch.equal(again["images"], plain["images"])
     assert type(pipe.transformer.transformer_blocks).__name__ == "ModuleList"
+
+
+def test_a_flow_pipeline_folder_gets_the_flow_recipes(tmp_path):
+    """A --pipeline folder with a flow-matching scheduler is benchmarked with the flow set and the FlowMatch
+    Euler reference, whatever --model says; a recipe that cannot run on it is listed with its error."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    from fastsample.pipelines.pixel_dit import PixelDiTPipeline
+
+    transformer = tiny_pixel_dit_transformer(sample_size=32, patch_size=8)
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0)
+    PixelDiTPipeline(transformer=transformer, scheduler=scheduler).save_pretrained(tmp_path / "flow")
+    out = tmp_path / "out"
+    argv = ["--quick", "--pipeline", str(tmp_path / "flow"), "--out", str(out), "--threads", "1"]
+    assert _run(argv + ["--reference-samples", "32", "--quiet"]) == 0
+    section = json.loads((out / "results.json").read_text())["models"]["vp"]
+    assert section["reference"]["scheduler"] == "flow-euler"
+    ran = {row["recipe"] for row in section["rows"]}
+    flow_names = {r.name for r in bench.recipe_set("flow", "quick")}
+    assert ran | set(section["skipped"]) == flow_names | {"reference"}
+    assert all(isinstance(reason, str) and reason for reason in section["skipped"].values())

@@ -156,7 +156,7 @@ def test_slower_fastsample_is_named_and_overlap_is_not():
     entry = fr.frontier(noisy)[0]
     assert entry.speedup["diffusers"][1] < 1 < entry.speedup["diffusers"][2]
     assert entry.verdict("diffusers") == "not separated"
-    assert "not separated" in fr.headline([entry]) and "faster (p10–p90" in fr.headline([entry])
+    assert "not separated" in fr.headline([entry]) and "speed-up 1.10x (p10–p90" in fr.headline([entry])
 
 
 def test_markdown_and_plot(tmp_path):
