@@ -127,9 +127,8 @@ def main(argv: list[str] | None = None) -> int:
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     settings = BenchSettings(
-        out=out_dir, recipes=(), samples=args.samples, batch_size=args.batch_size,
-        reference_samples=args.reference_samples, guidance_scale=0.0, seed=args.seed, device="cpu",
-        dtype="float32", pipeline=None, fd_tolerance=0.0,
+        out=out_dir, samples=args.samples, batch_size=args.batch_size,
+        reference_samples=args.reference_samples, seed=args.seed, recipes={"vp": ()},
     )  # fmt: skip
     pipe, weights = load_pipeline(settings)
     pipe.scheduler = build_scheduler("dpm++2m", pipe.scheduler.config)

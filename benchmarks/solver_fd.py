@@ -1,9 +1,10 @@
-"""In-domain Fréchet distance of the solvers on the embedded DiT at NFE 6/8/10/15 (issue 3, benchmark c).
+"""In-domain Fréchet distance and paired fidelity of the solvers on the embedded DiT at NFE 6/8/10/15 (issue
+3, benchmark c).
 
-Reuses ``fastsample bench``'s machinery (same labels and noise for every row, in-domain FD against real
-procedural images, class accuracy, latency against the first row measured in the same run): one row per
-(scheduler, steps), all with full classifier-free guidance at the same scale. The first row is diffusers'
-usual setting, DPM-Solver++ 2M at 50 steps.
+Runs ``fastsample bench``'s machinery (:mod:`fastsample.eval.frontier`: same labels and noise for every row,
+paired PSNR/SSIM/feature distance against DPM-Solver++ 2M at 100 steps, in-domain FD with its interval and
+floor, shape/hue accuracy, interleaved timing): one row per (scheduler, steps), all with full
+classifier-free guidance at the same scale.
 
     python benchmarks/solver_fd.py --out solver-fd --samples 200 --threads 1
 """
@@ -17,7 +18,8 @@ from pathlib import Path
 
 import torch
 
-from fastsample.eval.bench import BASELINE, BenchSettings, Recipe, run_bench
+from fastsample.eval.bench import BenchSettings, run_bench
+from fastsample.eval.frontier import DIFFUSERS_SCHEDULERS, Recipe
 
 SCHEDULERS = ("dpm++2m", "ddim", "euler", "pndm", "ghvb", "hb")
 STEPS = (6, 8, 10, 15)
@@ -37,24 +39,19 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    recipes = [Recipe(BASELINE, "dpm++2m", 50, description="diffusers DPM-Solver++ 2M, 50 steps, full CFG")]
+    recipes = []
     for steps in (int(s) for s in args.steps.split(",")):
         for scheduler in args.schedulers.split(","):
-            recipes.append(
-                Recipe(f"{scheduler}-{steps}", scheduler, steps, description=f"{scheduler}, {steps} steps")
-            )
+            family = "diffusers" if scheduler in DIFFUSERS_SCHEDULERS else "fastsample"
+            recipes.append(Recipe(f"{scheduler}-{steps}", family, scheduler, steps))
     settings = BenchSettings(
         out=Path(args.out),
-        recipes=tuple(recipes),
         samples=args.samples,
         batch_size=min(args.batch_size, args.samples),
         reference_samples=args.reference_samples,
         guidance_scale=args.guidance_scale,
         seed=args.seed,
-        device="cpu",
-        dtype="float32",
-        pipeline=None,
-        fd_tolerance=0.1,
+        recipes={"vp": tuple(recipes)},
     )
     run_bench(
         settings,

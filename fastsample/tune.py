@@ -132,14 +132,15 @@ def _has_preset(find: Any, shortcut: str, family: str) -> bool:
 
 #: the default search: fastsample's solvers and diffusers' baselines, few steps, AG and FORA
 DEFAULT_SPACE = SearchSpace(
-    schedulers=("dpm++2m", "unipc", "ddim", "euler", "ghvb", "hb", "dpm++2m-hb"),
+    schedulers=("dpm++2m", "unipc", "ddim", "euler", "flow-euler", "ghvb", "hb", "dpm++2m-hb"),
     steps=(5, 6, 8, 10, 12, 15, 20),
     guidance=(None, "ag"),
     caches=(None, ("fora", {"interval": 2})),
 )
 #: the diffusers-only subspace (the best a diffusers user already has, without caches)
 DIFFUSERS_SPACE = SearchSpace(
-    schedulers=("dpm++2m", "unipc", "ddim", "euler", "pndm"), steps=(5, 6, 8, 10, 12, 15, 20)
+    schedulers=("dpm++2m", "dpm++2m-karras", "unipc", "deis", "ddim", "euler", "pndm", "flow-euler"),
+    steps=(5, 6, 8, 10, 12, 15, 20),
 )
 
 

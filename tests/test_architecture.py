@@ -34,7 +34,11 @@ LAYERS: list[tuple[str, bool, tuple[str, ...]]] = [
     ("models", True, ("fastsample.zoo", "fastsample.testing")),
     ("evaluation and training", True, ("fastsample.eval", "fastsample.training")),
     ("composition", False, ("fastsample.optimize", "fastsample.recipe", "fastsample.tune")),
-    ("applications", False, ("fastsample.cli", "fastsample.*.commands", "fastsample.eval.bench")),
+    (
+        "applications",
+        False,
+        ("fastsample.cli", "fastsample.*.commands", "fastsample.eval.bench", "fastsample.eval.frontier"),
+    ),
 ]
 
 
@@ -243,6 +247,7 @@ def test_the_checks_see_relative_function_level_and_upward_imports(tmp_path):
         ("fastsample.integration.adapters", "integration"),
         ("fastsample.cli.bench", "applications"),
         ("fastsample.eval.bench", "applications"),
+        ("fastsample.eval.frontier", "applications"),
         ("fastsample.eval.latency", "evaluation and training"),
         ("fastsample.optimize", "composition"),
     ],

@@ -123,9 +123,10 @@ def test_space_validation_and_filtering():
     )
     assert space.size == 4 and len(space.recipes()) == 4
     assert len(space.recipes(tiny_pipeline("sd"))) == 1  # no cache, no DiT savings on a UNet
-    assert {r.scheduler for r in DIFFUSERS_SPACE.recipes()} == {"dpm++2m", "unipc", "ddim", "euler", "pndm"}
+    vp = {r.scheduler for r in DIFFUSERS_SPACE.recipes(tiny_pipeline("dit"))}
+    assert vp == {"dpm++2m", "dpm++2m-karras", "unipc", "deis", "ddim", "euler", "pndm"}
     flow = {r.scheduler for r in DIFFUSERS_SPACE.recipes(tiny_pipeline("sd3"))}
-    assert flow == {"dpm++2m", "unipc", "euler"}  # no DDIM / PNDM preset for flow matching
+    assert flow == {"dpm++2m", "unipc", "flow-euler"}  # no DDIM / PNDM preset for flow matching
 
 
 # ----------------------------------------------------------------------------------------------- tune
@@ -193,7 +194,8 @@ def test_tune_runs_on_every_fixture(name):
     extra = {k: v for k, v in kwargs.items() if k not in reserved}  # negative prompt, true CFG, ...
     caches = (None,) if name in ("sd", "sdxl") else (None, ("fora", {"interval": 2}))
     # Flux passes custom sigmas, which only FlowMatch Euler (and fastsample's schedulers) accept
-    space = SearchSpace(schedulers=("euler" if name == "flux" else "dpm++2m",), steps=(2, 4), caches=caches)
+    scheduler = "flow-euler" if name == "flux" else "dpm++2m"
+    space = SearchSpace(schedulers=(scheduler,), steps=(2, 4), caches=caches)
     result = tune(
         pipe,
         **conditions,

@@ -1,173 +1,529 @@
-"""``fastsample bench``: diffusers' samplers against fastsample's recipes on one class-conditional pipeline.
+"""``fastsample bench``: the speed/quality frontier of diffusers, fastsample and cache-dit recipes on the
+embedded class-conditional models (:mod:`fastsample.eval.frontier` does the work).
 
-Every configuration (a *recipe*: scheduler, steps, guidance method, cache) samples the same balanced class
-labels from the same initial noise. Batches are run interleaved (batch 0 of every recipe, then batch 1 …), so
-that load drift on a shared machine hits every recipe alike. Per recipe the report gives
+Every recipe samples the same balanced class labels from the same initial noise as the *reference* (VP:
+DPM-Solver++ 2M, 100 steps, full CFG; flow: FlowMatch Euler, 100 steps), batches of all recipes interleaved.
+The report gives, per quality level (paired PSNR ≥ 30 dB, ≥ 25 dB, FD within the reference's interval), the
+fastest recipe of each family and fastsample's speed-up over diffusers' (and cache-dit's) fastest with its
+p10–p90 over rounds; a winner is named only when the band excludes 1.
 
-* ``latency_s``: median wall-clock seconds of one full ``pipe(...)`` call on a batch (one untimed warm-up
-  call first; CUDA is synchronised around each call), and ``latency_ratio`` = latency / baseline latency
-  (the baseline is diffusers' DPM-Solver++ 2M, 50 steps, full CFG, measured in the same run);
-* ``nfe``: denoiser *samples evaluated* per generated image (a batched CFG step counts 2, a step where
-  Adaptive Guidance runs the conditional half only counts 1), and ``denoiser_calls`` per pipeline call;
-* ``fd``: in-domain Fréchet distance ‖μ₁−μ₂‖² + Tr(Σ₁+Σ₂−2(Σ₁Σ₂)^½) between feature-net features of the
-  generated images and of real procedural images (:mod:`fastsample.zoo.data`);
-* ``class_accuracy``: feature-net classification of the generated images against the requested labels;
-* ``saturation``: mean HSV saturation (max − min)/max of the generated pixels (the real data's is given for
-  reference): strong guidance over-saturates.
+Recipe sets (:func:`recipe_set`): ``"quick"`` (a smoke run for tests and CI), ``"default"`` (the main job:
+under 10 minutes on an idle 2-core CPU at the default sample count) and ``"full"`` (the complete grid:
+diffusers' DPM-Solver++ 2M with and without Karras sigmas, UniPC, DDIM, Euler and DEIS at 5–50 steps, alone
+and with each of diffusers' caches that apply; fastsample's recipes the same way).
 
-The folder it writes: ``report.md``, ``results.json``, ``report_pareto.png`` (FD against latency with the
-Pareto front) and ``grids/<recipe>.png`` (one row per class).
+The folder it writes: ``report.md``, ``results.json`` and per model ``<model>_pareto.png`` (paired PSNR
+against latency, log time axis) and ``<model>_grid.png`` (one column per class: a row of real images, the
+reference, and the fastest recipe of each family at each level).
 """
 
 from __future__ import annotations
 
-import contextlib
-import importlib.util
 import json
 import logging
 import os
 import platform
-import statistics
-from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
-from fastsample.guidance.methods import METHODS as GUIDANCE_METHODS
-from fastsample.integration.measure import NFECounter, Stopwatch
-from fastsample.solvers.presets import BASELINE_SHORTCUTS, SHORTCUTS
-from fastsample.solvers.presets import build as build_preset
+from fastsample.eval.frontier import (
+    FAMILIES,
+    FrontierEntry,
+    MachineLoad,
+    Recipe,
+    RecipeRunner,
+    cache_dit_available,
+    frontier,
+    mean_saturation,
+    reference_recipe,
+    score,
+)
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "BASELINE",
-    "DEFAULT_RECIPES",
-    "QUICK_RECIPES",
-    "RECIPES",
+    "MODELS",
+    "SIZES",
     "BenchSettings",
-    "Recipe",
+    "build_scheduler",
+    "mean_saturation",
+    "recipe_set",
     "run_bench",
 ]
 
-# the name tables of fastsample.solvers.presets and fastsample.guidance.methods.METHODS
-SCHEDULERS = BASELINE_SHORTCUTS + SHORTCUTS
-GUIDANCE = tuple(GUIDANCE_METHODS)
-CACHES = (None, "fora")
+MODELS = ("vp", "flow")
+SIZES = ("quick", "default", "full")
+REFERENCE_STEPS = 100
+QUICK_REFERENCE_STEPS = 8
 
 
-@dataclass(frozen=True)
-class Recipe:
-    """One row of the benchmark: ``scheduler`` (a key of :data:`SCHEDULERS`) for ``steps`` steps, guidance
-    ``"cfg"`` (the pipeline's own classifier-free guidance), ``"ag"`` (Adaptive Guidance) or ``"apg"``, an
-    optional feature cache (``"fora"``, interval 2) and, with ``kernels``, fastsample's attention path
-    (``set_attention(pipe, "auto")``) and exact DiT savings (``enable_dit_savings``)."""
+# ---------------------------------------------------------------------------------------------------------
+# Recipe sets
+# ---------------------------------------------------------------------------------------------------------
+def _diffusers(scheduler: str, steps: int, cache: str | None = None, **options: Any) -> Recipe:
+    suffix = "" if cache is None else "-" + cache.removeprefix("diffusers-") + _knob(options)
+    return Recipe(
+        f"{scheduler}-{steps}{suffix}",
+        "diffusers",
+        scheduler,
+        steps,
+        cache=cache,
+        cache_options=_pairs(options),
+    )
 
-    name: str
-    scheduler: str
-    steps: int
-    guidance: str = "cfg"
-    cache: str | None = None
-    description: str = ""
-    kernels: bool = False
+
+def _fastsample(
+    scheduler: str,
+    steps: int,
+    guidance: str = "cfg",
+    cache: str | None = None,
+    kernels: bool = False,
+    **options,
+) -> Recipe:
+    name = f"fs-{scheduler}-{steps}" + ("" if guidance == "cfg" else f"-{guidance}")
+    name += ("" if cache is None else f"-{cache}{_knob(options)}") + ("-kernels" if kernels else "")
+    return Recipe(name, "fastsample", scheduler, steps, guidance, cache, _pairs(options), kernels)
+
+
+def _cache_dit(scheduler: str, steps: int, threshold: float, warmup: int = 4) -> Recipe:
+    """cache-dit's DBCache F1B0 (block 0 always computed, no tail blocks) with ``threshold`` on the residual
+    difference and ``warmup`` uncached steps (its default 8 would leave few steps to cache at 10–20)."""
+    options = {"residual_diff_threshold": threshold, "max_warmup_steps": warmup}
+    return Recipe(
+        f"{scheduler}-{steps}-dbcache{threshold:g}",
+        "cache-dit",
+        scheduler,
+        steps,
+        cache="cache-dit-dbcache",
+        cache_options=_pairs(options),
+    )
+
+
+def _pairs(options: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
+    return tuple(sorted(options.items()))
+
+
+def _knob(options: dict[str, Any]) -> str:
+    for key in ("threshold", "interval", "cache_interval", "residual_diff_threshold"):
+        if key in options:
+            return f"{options[key]:g}"
+    return ""
+
+
+_FBC = {"threshold": 0.1}
+_TAYLOR = {"cache_interval": 2, "disable_cache_before_step": 1, "max_order": 1}
+_MAG = {"threshold": 0.06}
+_PAB = {"spatial_attention_block_skip_range": 2, "spatial_attention_timestep_skip_range": (100, 800)}
+
+
+def _vp(size: str) -> list[Recipe]:
+    if size == "quick":
+        return [
+            _diffusers("dpm++2m", 4),
+            _diffusers("ddim", 2),
+            _diffusers("dpm++2m", 4, "diffusers-fbc", **_FBC),
+            _fastsample("ghvb", 2, "ag"),
+            _fastsample("ghvb", 4, cache="fora", interval=2),
+        ]
+    if size == "default":
+        recipes = [_diffusers("dpm++2m", s) for s in (8, 10, 12, 15, 20)]
+        recipes += [_diffusers("dpm++2m-karras", s) for s in (10, 15)]
+        recipes += [_diffusers("unipc", s) for s in (8, 10, 12, 15)]
+        recipes += [_diffusers("dpm++2m", s, "diffusers-fbc", **_FBC) for s in (15, 20)]
+        recipes += [_diffusers("dpm++2m", s, "diffusers-taylorseer", **_TAYLOR) for s in (15, 20)]
+        recipes += [_diffusers("unipc", 15, "diffusers-taylorseer", **_TAYLOR)]
+        recipes += [_diffusers("dpm++2m", 20, "diffusers-magcache", **_MAG)]
+        recipes += [_fastsample("ghvb", s) for s in (8, 10, 12, 15, 20)]
+        recipes += [_fastsample("ghvb", s, "ag") for s in (10, 12, 15, 20)]
+        recipes += [_fastsample("ghvb", s, "ag", "fora", interval=2) for s in (15, 20)]
+        recipes += [_fastsample("ghvb", s, "ag", "taylorseer", interval=2) for s in (15, 20)]
+        recipes += [_fastsample("ghvb", 20, "ag", "taylorseer", kernels=True, interval=2)]
+        # fastsample's exact kernels and cache on diffusers' own solvers (the same images, less work)
+        recipes += [_fastsample(sch, s, kernels=True) for sch in ("dpm++2m", "unipc") for s in (10, 15)]
+        recipes += [_fastsample("dpm++2m", 20, cache="taylorseer", kernels=True, interval=2)]
+        recipes += [_cache_dit("dpm++2m", s, t) for s in (15, 20) for t in (0.1, 0.2)]
+        return recipes
+    steps = (5, 6, 8, 10, 12, 15, 20, 25, 30, 40, 50)
+    diffusers_caches = (
+        (None, {}),
+        ("diffusers-fbc", {"threshold": 0.1}),
+        ("diffusers-fbc", {"threshold": 0.2}),
+        ("diffusers-taylorseer", _TAYLOR),
+        ("diffusers-magcache", {"threshold": 0.06}),
+        ("diffusers-magcache", {"threshold": 0.12}),
+        ("diffusers-pab", _PAB),
+    )
+    recipes = [
+        _diffusers(scheduler, s, cache, **options)
+        for scheduler in ("dpm++2m", "dpm++2m-karras", "unipc", "ddim", "euler", "deis")
+        for s in steps
+        for cache, options in diffusers_caches
+    ]
+    fastsample_caches = (
+        (None, {}),
+        ("fora", {"interval": 2}),
+        ("taylorseer", {"interval": 2}),
+        ("dynamic", {"threshold": 0.1}),
+    )
+    recipes += [
+        _fastsample(scheduler, s, guidance, cache, **options)
+        for scheduler in ("ghvb", "hb", "dpm++2m-hb")
+        for s in steps
+        for guidance in ("cfg", "ag")
+        for cache, options in fastsample_caches
+        if not (scheduler != "ghvb" and guidance == "cfg" and cache is None and s > 20)
+    ]
+    recipes += [_fastsample("ghvb", s, "ag", "taylorseer", kernels=True, interval=2) for s in steps]
+    recipes += [
+        _fastsample(scheduler, s, cache=cache, kernels=True, **options)
+        for scheduler in ("dpm++2m", "unipc")
+        for s in steps
+        for cache, options in fastsample_caches
+    ]
+    recipes += [_cache_dit("dpm++2m", s, t) for s in steps for t in (0.08, 0.12, 0.2)]
+    return recipes
+
+
+def _flow(size: str) -> list[Recipe]:
+    if size == "quick":
+        return [
+            _diffusers("flow-euler", 4),
+            _diffusers("unipc", 3),
+            _fastsample("ghvb", 2, "ag"),
+        ]
+    if size == "default":
+        recipes = [_diffusers("flow-euler", s) for s in (8, 10, 12, 15, 20)]
+        recipes += [_diffusers("dpm++2m", s) for s in (8, 10, 12, 15)]
+        recipes += [_diffusers("unipc", s) for s in (8, 10, 12)]
+        recipes += [_diffusers("flow-euler", s, "diffusers-fbc", **_FBC) for s in (15, 20)]
+        recipes += [_diffusers("dpm++2m", s, "diffusers-taylorseer", **_TAYLOR) for s in (12, 15)]
+        recipes += [_fastsample("ghvb", s) for s in (6, 8, 10, 12, 15)]
+        recipes += [_fastsample("ghvb", s, "ag") for s in (8, 10, 12, 15)]
+        recipes += [_fastsample("ghvb", s, "ag", "taylorseer", interval=2) for s in (12, 15)]
+        # fastsample's exact kernels and cache on diffusers' own solvers (the same images, less work)
+        recipes += [
+            _fastsample(sch, s, kernels=True) for sch in ("flow-euler", "dpm++2m") for s in (8, 10, 15)
+        ]
+        recipes += [_fastsample("dpm++2m", 15, cache="taylorseer", kernels=True, interval=2)]
+        recipes += [_cache_dit(sch, s, 0.1) for sch in ("flow-euler", "dpm++2m") for s in (12, 15)]
+        return recipes
+    steps = (5, 6, 8, 10, 12, 15, 20, 25, 30, 40, 50)
+    caches = ((None, {}), ("diffusers-fbc", {"threshold": 0.1}), ("diffusers-taylorseer", _TAYLOR))
+    recipes = [
+        _diffusers(scheduler, s, cache, **options)
+        for scheduler in ("flow-euler", "flow-heun", "dpm++2m", "unipc")
+        for s in steps
+        for cache, options in caches
+    ]
+    recipes += [
+        _fastsample(scheduler, s, guidance, cache, **options)
+        for scheduler in ("ghvb", "hb")
+        for s in steps
+        for guidance in ("cfg", "ag")
+        for cache, options in ((None, {}), ("taylorseer", {"interval": 2}))
+    ]
+    recipes += [
+        _fastsample(scheduler, s, cache=cache, kernels=True, **options)
+        for scheduler in ("flow-euler", "dpm++2m", "unipc")
+        for s in steps
+        for cache, options in ((None, {}), ("taylorseer", {"interval": 2}))
+    ]
+    recipes += [_cache_dit("flow-euler", s, t) for s in steps for t in (0.08, 0.12)]
+    return recipes
+
+
+def recipe_set(model: str, size: str = "default") -> tuple[Recipe, ...]:
+    """The recipes of ``size`` (``"quick"``, ``"default"``, ``"full"``) for a ``model`` family (``"vp"`` or
+    ``"flow"``: flow models get diffusers' flow-capable schedulers only); the reference is not included."""
+    if model not in MODELS:
+        raise ValueError(f"model must be one of {MODELS}, got {model!r}")
+    if size not in SIZES:
+        raise ValueError(f"size must be one of {SIZES}, got {size!r}")
+    recipes = _vp(size) if model == "vp" else _flow(size)
+    return tuple(dict((r.name, r) for r in recipes).values())
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The run
+# ---------------------------------------------------------------------------------------------------------
+@dataclass
+class BenchSettings:
+    """What one ``fastsample bench`` run does (see ``fastsample bench --help``).
+
+    ``recipes``: per model, the recipes to run besides the reference (default: :func:`recipe_set` of
+    ``size``); ``pipeline``: ``None`` for the embedded models, or a saved PixelDiTPipeline folder (its
+    scheduler family decides the model)."""
+
+    out: Path
+    models: tuple[str, ...] = ("vp",)
+    size: str = "default"
+    samples: int = 100
+    batch_size: int = 20
+    reference_samples: int = 2000
+    reference_steps: int = REFERENCE_STEPS
+    guidance_scale: float = 4.0
+    seed: int = 0
+    device: str = "cpu"
+    dtype: str = "float32"
+    pipeline: Path | None = None
+    names: tuple[str, ...] | None = None
+    n_boot: int = 1000
+    fd_boot: int = 200
+    recipes: dict[str, tuple[Recipe, ...]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.scheduler not in SCHEDULERS:
-            raise ValueError(f"scheduler must be one of {SCHEDULERS}, got {self.scheduler!r}")
-        if self.guidance not in GUIDANCE:
-            raise ValueError(f"guidance must be one of {GUIDANCE}, got {self.guidance!r}")
-        if self.cache not in CACHES:
-            raise ValueError(f"cache must be one of {CACHES}, got {self.cache!r}")
-        if not isinstance(self.steps, int) or self.steps < 1:
-            raise ValueError(f"steps must be an int >= 1, got {self.steps!r}")
+        for model in self.models:
+            if model not in MODELS:
+                raise ValueError(f"models must be a subset of {MODELS}, got {self.models!r}")
+        if self.samples < 2 or self.batch_size < 1:
+            raise ValueError(
+                f"samples must be >= 2 and batch_size >= 1, got {self.samples}, {self.batch_size}"
+            )
+        for model in self.models:
+            if model not in self.recipes:
+                chosen = recipe_set(model, self.size)
+                if self.names is not None:
+                    chosen = tuple(r for r in chosen if r.name in self.names)
+                self.recipes[model] = chosen
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["out"], out["pipeline"] = str(self.out), None if self.pipeline is None else str(self.pipeline)
+        out["recipes"] = {model: [r.name for r in recipes] for model, recipes in self.recipes.items()}
+        return out
 
 
-BASELINE = "baseline"
-_FEW = 10  # steps of the few-NFE rows
-DEFAULT_RECIPES: tuple[Recipe, ...] = (
-    Recipe(BASELINE, "dpm++2m", 50, description="diffusers DPM-Solver++ 2M, 50 steps, full CFG"),
-    Recipe("dpm++2m-10", "dpm++2m", _FEW, description="diffusers DPM-Solver++ 2M"),
-    Recipe("ddim-10", "ddim", _FEW, description="diffusers DDIM"),
-    Recipe("plms-10", "pndm", _FEW, description="diffusers PNDM (PLMS, skip_prk_steps)"),
-    Recipe("euler-10", "euler", _FEW, description="diffusers Euler"),
-    Recipe("ghvb-10", "ghvb", _FEW, description="fastsample GHVB (default: q 1.8, Karras grid)"),
-    Recipe("hb-10", "hb", _FEW, description="fastsample PLMS4 + heavy ball 0.8"),
-    Recipe("ghvb-10-ag", "ghvb", _FEW, "ag", description="GHVB + Adaptive Guidance"),
-    Recipe("ghvb-10-apg", "ghvb", _FEW, "apg", description="GHVB + APG"),
-    Recipe("ghvb-10-fora", "ghvb", _FEW, cache="fora", description="GHVB + FORA cache (interval 2)"),
-    Recipe("composed", "ghvb", _FEW, "ag", "fora", description="GHVB + Adaptive Guidance + FORA"),
-    Recipe(
-        "composed-kernels",
-        "ghvb",
-        _FEW,
-        "ag",
-        "fora",
-        description="GHVB + Adaptive Guidance + FORA + attention 'auto' + exact DiT savings",
-        kernels=True,
-    ),
-)
-QUICK_RECIPES: tuple[Recipe, ...] = (
-    Recipe("quick-baseline", "dpm++2m", 4, description="diffusers DPM-Solver++ 2M, 4 steps, full CFG"),
-    Recipe("quick-ddim", "ddim", 2, description="diffusers DDIM"),
-    Recipe("quick-ghvb-ag", "ghvb", 2, "ag", description="GHVB + Adaptive Guidance"),
-)
-RECIPES: dict[str, Recipe] = {recipe.name: recipe for recipe in DEFAULT_RECIPES + QUICK_RECIPES}
+def _load(settings: BenchSettings, model: str) -> tuple[Any, str]:
+    from fastsample.cli.loading import EMBEDDED
+    from fastsample.cli.loading import load_pipeline as load
+
+    if settings.pipeline is not None:
+        loaded = load(str(settings.pipeline), device=settings.device, dtype=settings.dtype)
+        return loaded.pipe, loaded.description
+    if model == "vp":
+        loaded = load(EMBEDDED, device=settings.device, dtype=settings.dtype)
+        return loaded.pipe, loaded.description
+    from fastsample.zoo.default import load_default_pipeline
+
+    pipe = load_default_pipeline(model="flow", device=settings.device, dtype=getattr(torch, settings.dtype))
+    return pipe, "embedded flow-matching DiT (fastsample/zoo/weights/flow)"
+
+
+class _Once(logging.Filter):
+    """Lets each distinct message through once (a recipe re-applied per batch repeats its warnings)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if message in self.seen:
+            return False
+        self.seen.add(message)
+        return True
+
+
+def probe(runner: RecipeRunner, recipe: Recipe, labels: torch.Tensor, noise: torch.Tensor) -> str | None:
+    """``None`` when ``recipe`` runs a 2-step call on the pipeline, else the reason it cannot (the exception
+    type and first line), so the report records it instead of dropping the recipe silently."""
+    trial = Recipe(
+        recipe.name,
+        recipe.family,
+        recipe.scheduler,
+        2,
+        recipe.guidance,
+        recipe.cache,
+        recipe.cache_options,
+        recipe.kernels,
+    )
+    if recipe.cache == "diffusers-magcache":
+        return None  # calibrated at its own step count when it runs
+    try:
+        runner.call(trial, labels[:2], noise[:2])
+    except Exception as error:  # recorded in the report, never hidden
+        return f"{type(error).__name__}: {str(error).splitlines()[0][:300] if str(error) else ''}"
+    return None
+
+
+def run_model(settings: BenchSettings, model: str, progress: bool = True) -> dict[str, Any]:
+    """Sample, score and rank the recipes of one model; writes ``<model>_pareto.png`` and
+    ``<model>_grid.png`` into ``settings.out`` and returns the model's section of the results."""
+    from tqdm.auto import tqdm
+
+    from fastsample.eval.stats import Statistics
+    from fastsample.solvers.presets import family_of
+    from fastsample.zoo.data import generate_batch
+    from fastsample.zoo.default import load_feature_net, load_shape_net
+
+    pipe, weights = _load(settings, model)
+    pipe.set_progress_bar_config(disable=True)
+    kind = family_of(pipe.scheduler.config)
+    model_recipes = settings.recipes.get(model, ())
+    if kind != model:  # a --pipeline folder decides its own family: its recipe set, the same names kept
+        logger.info("the pipeline's scheduler is a %s schedule: using the %s recipes", kind, kind)
+        model_recipes = recipe_set(kind, settings.size)
+        if settings.names is not None:
+            model_recipes = tuple(r for r in model_recipes if r.name in settings.names)
+    steps = settings.reference_steps
+    reference = reference_recipe(kind, steps)
+    runner = RecipeRunner(pipe, settings.guidance_scale, settings.device, settings.seed)
+
+    size = pipe.transformer.config.sample_size
+    channels = pipe.transformer.config.in_channels
+    num_classes = getattr(pipe, "num_classes", 10)
+    labels = torch.arange(settings.samples) % num_classes
+    noise = torch.randn(
+        settings.samples, channels, size, size, generator=torch.Generator().manual_seed(settings.seed)
+    )
+
+    skipped: dict[str, str] = {}
+    if not cache_dit_available():
+        peers = [r.name for r in model_recipes if r.family == "cache-dit"]
+        if peers:
+            skipped["cache-dit (all)"] = (
+                "not installed (optional extra `peers`: pip install 'fastsample[peers]')"
+            )
+        model_recipes = tuple(r for r in model_recipes if r.family != "cache-dit")
+    runnable = []
+    for recipe in model_recipes:
+        reason = probe(runner, recipe, labels, noise)
+        if reason is None:
+            runnable.append(recipe)
+        else:
+            skipped[recipe.name] = reason
+    recipes = [reference, *runnable]
+
+    load = MachineLoad(os.cpu_count() or 1, torch.get_num_threads()).start()
+    batches = -(-settings.samples // settings.batch_size)
+    with tqdm(
+        total=len(recipes) * (batches + 1), desc=f"bench {model}", unit="call", disable=not progress
+    ) as bar:
+
+        def step(text: str) -> None:
+            bar.set_postfix_str(text, refresh=False)
+            bar.update()
+
+        collected = runner.sample_all(recipes, labels, noise, settings.batch_size, progress=step)
+    load.stop()
+
+    with torch.no_grad():
+        feature_net, shape_net = load_feature_net(), load_shape_net()
+        real, _ = generate_batch(settings.reference_samples, seed=settings.seed + 1)
+        real_features = torch.cat([feature_net.features(chunk) for chunk in real.split(500)]).double().numpy()
+        real_stats = Statistics(real_features.mean(axis=0), np.cov(real_features, rowvar=False), len(real))
+        same_labels, _ = generate_batch(settings.samples, seed=settings.seed + 2, labels=labels)
+    results = score(
+        collected,
+        reference.name,
+        labels,
+        real_stats,
+        (same_labels + 1) / 2,
+        feature_net,
+        shape_net,
+        n_boot=settings.n_boot,
+        fd_boot=settings.fd_boot,
+        seed=settings.seed,
+    )
+    entries = frontier(results, reference=reference.name)
+    from fastsample.eval.frontier import plot_pareto
+
+    plot_pareto(
+        results,
+        settings.out / f"{model}_pareto.png",
+        title=f"fastsample bench, {model.upper()} model: paired PSNR vs latency",
+        batch_size=settings.batch_size,
+    )
+    save_class_grid(
+        settings.out / f"{model}_grid.png",
+        (same_labels + 1) / 2,
+        labels,
+        [(reference.name, collected[reference.name].all_images)]
+        + [(r.name, collected[r.name].all_images) for r in _frontier_recipes(entries)],
+    )
+    return {
+        "model": model,
+        "weights": weights,
+        "scheduler_family": kind,
+        "reference": reference.to_dict(),
+        "results": results,
+        "frontier": entries,
+        "skipped": skipped,
+        "load": load,
+        "mag_ratios": {f"{k[0]}-{k[1]}": v for k, v in runner.mag_ratios.items()},
+        "fd_floor": next(r.fd.floor for r in results if r.name == reference.name),
+    }
+
+
+def _frontier_recipes(entries: list[FrontierEntry]) -> list[Recipe]:
+    seen: dict[str, Recipe] = {}
+    for entry in entries:
+        for result in entry.fastest.values():
+            if result is not None:
+                seen.setdefault(result.name, result.recipe)
+    return list(seen.values())
+
+
+def save_class_grid(
+    path: Path, real: torch.Tensor, labels: torch.Tensor, rows: list[tuple[str, torch.Tensor]], scale: int = 2
+) -> None:
+    """A labelled grid: one column per class (class names on top), a first row of real images of each class,
+    then one row per ``(name, images)`` (the first sample of each class, name on the left)."""
+    from PIL import Image, ImageDraw
+
+    from fastsample.zoo.data import CLASS_NAMES
+
+    classes = sorted(set(labels.tolist()))
+    first = [int((labels == c).nonzero()[0]) for c in classes]
+    table = [("real", real), *rows]
+    size = real.shape[-1] * scale
+    pad, left, top = 4, 150, 28
+    width = left + len(classes) * (size + pad)
+    height = top + len(table) * (size + pad)
+    canvas = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(canvas)
+    for j, c in enumerate(classes):
+        name = CLASS_NAMES[c] if c < len(CLASS_NAMES) else str(c)
+        for k, word in enumerate(name.split(" ")[:2]):
+            draw.text((left + j * (size + pad), 2 + 12 * k), word, fill="black")
+    for i, (name, images) in enumerate(table):
+        y = top + i * (size + pad)
+        draw.text((4, y + size // 2 - 6), name[:24], fill="black")
+        for j, index in enumerate(first):
+            pixels = (images[index].clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
+            tile = Image.fromarray(pixels).resize((size, size), Image.NEAREST)
+            canvas.paste(tile, (left + j * (size + pad), y))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    canvas.save(path)
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Applying a recipe to a pipeline
+# Helpers the benchmark scripts share (benchmarks/*.py)
 # ---------------------------------------------------------------------------------------------------------
 def build_scheduler(name: str, config: Any) -> Any:
-    """The scheduler ``name`` (:mod:`fastsample.solvers.presets`: a diffusers baseline or a recommended
-    configuration for the family of ``config``) built with ``from_config`` from the pipeline's own (training)
-    schedule."""
-    if name not in SCHEDULERS:
-        raise ValueError(f"scheduler must be one of {SCHEDULERS}, got {name!r}")
-    return build_preset(name, config, baselines=True)
+    """The scheduler ``name`` (a shortcut of :mod:`fastsample.solvers.presets`, diffusers baselines included)
+    built with ``from_config`` from the pipeline's own (training) schedule."""
+    from fastsample.solvers.presets import build
+
+    return build(name, config, baselines=True)
 
 
-@contextlib.contextmanager
-def applied(recipe: Recipe, pipe: Any, base_config: Any) -> Iterator[Any]:
-    """Swap in the recipe's scheduler, guidance hook and cache for the block (through
-    :func:`fastsample.optimize.optimize`); the pipeline is restored exactly afterwards.
-
-    Yields ``(guidance handle, cache handle)`` (each ``None`` when unused); the guidance handle's
-    ``last_stats`` count the model samples.
-    """
-    from fastsample.optimize import optimize
-
-    with optimize(
-        pipe,
-        scheduler=build_scheduler(recipe.scheduler, base_config),
-        guidance=None if recipe.guidance == "cfg" else recipe.guidance,
-        cache=None if recipe.cache is None else (recipe.cache, {"interval": 2, "profile_macs": False}),
-        attention="auto" if recipe.kernels else None,
-        dit_savings=recipe.kernels,
-    ) as handle:
-        yield handle.guidance, handle.cache
+def load_pipeline(settings: BenchSettings) -> tuple[Any, str]:
+    """The pipeline of ``settings`` (the embedded VP model, or ``settings.pipeline``) and a description of
+    its weights."""
+    return _load(settings, "vp")
 
 
-def _timed_call(pipe: Any, device: torch.device, **kwargs: Any) -> tuple[torch.Tensor, float]:
-    """``pipe(**kwargs)`` timed by the one clock (:class:`fastsample.integration.measure.Stopwatch`)."""
-    with Stopwatch(device) as watch:
-        images = pipe(**kwargs).images
-    return images, watch.seconds
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Metrics
-# ---------------------------------------------------------------------------------------------------------
-def mean_saturation(images: torch.Tensor) -> float:
-    """Mean HSV saturation (max − min)/max over pixels of ``[N, 3, H, W]`` images in [0, 1] (0 if max=0)."""
-    high = images.amax(dim=1)
-    low = images.amin(dim=1)
-    saturation = torch.where(high > 0, (high - low) / high.clamp_min(1e-12), torch.zeros_like(high))
-    return float(saturation.double().mean())
+def _balanced_labels(samples: int, num_classes: int) -> torch.Tensor:
+    return torch.arange(samples) % num_classes
 
 
 def _statistics(extractor: Any, images: torch.Tensor, batch_size: int = 500) -> Any:
+    """Feature statistics of ``images`` through ``extractor`` (streamed in chunks)."""
     from fastsample.eval.stats import FeatureStatistics
 
     accumulator = FeatureStatistics(extractor.feature_dim)
@@ -176,203 +532,13 @@ def _statistics(extractor: Any, images: torch.Tensor, batch_size: int = 500) -> 
     return accumulator.result()
 
 
-def image_grid_by_class(images: torch.Tensor, labels: torch.Tensor, max_columns: int = 8) -> torch.Tensor:
-    """Reorder images so that a grid with :func:`grid_columns` columns has one row per class."""
-    classes = sorted(set(labels.tolist()))
-    columns = grid_columns(labels, max_columns)
-    rows = [images[labels == c][:columns] for c in classes]
-    return torch.cat(rows)
+def _timed_call(pipe: Any, device: torch.device, **kwargs: Any) -> tuple[torch.Tensor, float]:
+    """``pipe(**kwargs)`` timed by the one clock (:class:`fastsample.integration.measure.Stopwatch`)."""
+    from fastsample.integration.measure import Stopwatch
 
-
-def grid_columns(labels: torch.Tensor, max_columns: int = 8) -> int:
-    counts = torch.bincount(labels)
-    return int(min(max_columns, int(counts[counts > 0].min())))
-
-
-# ---------------------------------------------------------------------------------------------------------
-# The run
-# ---------------------------------------------------------------------------------------------------------
-@dataclass
-class BenchSettings:
-    """What one ``fastsample bench`` run does (see ``fastsample bench --help``)."""
-
-    out: Path
-    recipes: tuple[Recipe, ...]
-    samples: int
-    batch_size: int
-    reference_samples: int
-    guidance_scale: float
-    seed: int
-    device: str
-    dtype: str
-    pipeline: Path | None
-    fd_tolerance: float
-
-    def to_dict(self) -> dict[str, Any]:
-        out = asdict(self)
-        out["out"], out["pipeline"] = str(self.out), None if self.pipeline is None else str(self.pipeline)
-        out["recipes"] = [recipe.name for recipe in self.recipes]
-        return out
-
-
-def load_pipeline(settings: BenchSettings) -> tuple[Any, str]:
-    """The pipeline to benchmark (``settings.pipeline``: ``None`` for the embedded default, or a saved
-    ``PixelDiTPipeline`` folder) and a description of the weights it runs (file hashes and dates), through
-    :func:`fastsample.cli.loading.load_pipeline`."""
-    from fastsample.cli.loading import EMBEDDED
-    from fastsample.cli.loading import load_pipeline as load
-
-    spec = EMBEDDED if settings.pipeline is None else str(settings.pipeline)
-    loaded = load(spec, device=settings.device, dtype=settings.dtype)
-    return loaded.pipe, loaded.description
-
-
-def _balanced_labels(samples: int, num_classes: int) -> torch.Tensor:
-    return torch.arange(samples) % num_classes
-
-
-def run_bench(settings: BenchSettings, command: str = "", progress: bool = True) -> dict[str, Any]:
-    """Run every recipe of ``settings``, write the report folder and return the results dict (``progress``:
-    show a progress bar)."""
-    from tqdm.auto import tqdm
-
-    from fastsample.eval.extractors import InDomainExtractor
-    from fastsample.eval.frechet import frechet_distance
-    from fastsample.zoo.data import generate_batch
-    from fastsample.zoo.default import classify, load_feature_net
-
-    if importlib.util.find_spec("matplotlib") is None:  # fail before sampling, not after
-        raise ImportError(
-            "fastsample bench writes a plot with matplotlib: install the `bench` extra "
-            "(pip install 'fastsample[bench]')."
-        )
-    wall = Stopwatch().start()  # the whole run
-    baseline = settings.recipes[0].name  # ratios are taken against the first recipe
-    device = torch.device(settings.device)
-    pipe, weights = load_pipeline(settings)
-    base_config = pipe.scheduler.config
-    size = pipe.transformer.config.sample_size
-    channels = pipe.transformer.config.in_channels
-    labels = _balanced_labels(settings.samples, pipe.num_classes)
-    noise = torch.randn(
-        settings.samples, channels, size, size, generator=torch.Generator().manual_seed(settings.seed)
-    )
-    batches = list(zip(labels.split(settings.batch_size), noise.split(settings.batch_size)))
-
-    feature_net = load_feature_net(device=device)
-    extractor = InDomainExtractor(feature_net, device=device)
-    logger.info("reference statistics of %d real procedural images", settings.reference_samples)
-    real, _ = generate_batch(settings.reference_samples, seed=settings.seed + 1)
-    real = (real + 1) / 2
-    reference = _statistics(extractor, real)
-    real_check, _ = generate_batch(settings.samples, seed=settings.seed + 2)
-    real_check = (real_check + 1) / 2
-    check = _statistics(extractor, real_check)
-    fd_floor = frechet_distance(check.mu, check.sigma, reference.mu, reference.sigma)
-
-    images: dict[str, list[torch.Tensor]] = {r.name: [] for r in settings.recipes}
-    times: dict[str, list[float]] = {r.name: [] for r in settings.recipes}
-    calls: dict[str, int] = dict.fromkeys(images, 0)
-    samples_evaluated: dict[str, int] = dict.fromkeys(images, 0)
-    cache_hits: dict[str, list[float]] = {r.name: [] for r in settings.recipes}
-
-    def sample(recipe: Recipe, batch_labels: torch.Tensor, batch_noise: torch.Tensor) -> tuple[Any, ...]:
-        with applied(recipe, pipe, base_config) as (guidance, cache):
-            counter = NFECounter(pipe.transformer)
-            try:
-                out, seconds = _timed_call(
-                    pipe,
-                    device,
-                    class_labels=batch_labels,
-                    guidance_scale=settings.guidance_scale,
-                    num_inference_steps=recipe.steps,
-                    latents=batch_noise,
-                    generator=torch.Generator(device).manual_seed(settings.seed),
-                    output_type="pt",
-                )
-            finally:
-                counter.remove()
-            evaluated = guidance.last_stats["model_samples"] if guidance is not None else counter.samples
-            hit = cache.stats().hit_ratio if cache is not None else None
-        return out.float().cpu(), seconds, counter.count, evaluated, hit
-
-    total = len(settings.recipes) * (len(batches) + 1)
-    with tqdm(total=total, desc="bench", unit="batch", disable=not progress) as bar:
-        for recipe in settings.recipes:  # untimed warm-up at the exact shape of the timed batches
-            bar.set_postfix_str(f"warm-up {recipe.name}")
-            sample(recipe, *batches[0])
-            bar.update()
-        for index, (batch_labels, batch_noise) in enumerate(batches):
-            for recipe in settings.recipes:
-                bar.set_postfix_str(f"batch {index} {recipe.name}")
-                out, seconds, n_calls, evaluated, hit = sample(recipe, batch_labels, batch_noise)
-                images[recipe.name].append(out)
-                if len(batch_labels) == len(batches[0][0]):  # a smaller last batch is not timed
-                    times[recipe.name].append(seconds)
-                calls[recipe.name] += n_calls
-                samples_evaluated[recipe.name] += evaluated
-                if hit is not None:
-                    cache_hits[recipe.name].append(hit)
-                bar.update()
-
-    baseline_latency = statistics.median(times[baseline])
-    rows = []
-    grids = settings.out / "grids"
-    from fastsample.eval.report import save_image_grid
-
-    for recipe in settings.recipes:
-        generated = torch.cat(images[recipe.name])
-        stats = _statistics(extractor, generated)
-        latency = statistics.median(times[recipe.name])
-        accuracy = float((classify(generated, feature_net) == labels).double().mean())
-        row = {
-            "config": recipe.name,
-            "scheduler": recipe.scheduler,
-            "steps": recipe.steps,
-            "guidance": recipe.guidance,
-            "cache": recipe.cache or "-",
-            "kernels": "auto+dit" if recipe.kernels else "-",
-            "latency_s": latency,
-            "latency_ratio": latency / baseline_latency,
-            "speedup": baseline_latency / latency,
-            "nfe": samples_evaluated[recipe.name] / settings.samples,
-            "denoiser_calls": calls[recipe.name] / len(batches),
-            "fd": frechet_distance(stats.mu, stats.sigma, reference.mu, reference.sigma),
-            "class_accuracy": accuracy,
-            "saturation": mean_saturation(generated),
-            "cache_hit_ratio": statistics.fmean(cache_hits[recipe.name]) if cache_hits[recipe.name] else "-",
-        }
-        rows.append(row)
-        save_image_grid(
-            image_grid_by_class(generated, labels),
-            grids / f"{recipe.name}.png",
-            num_columns=grid_columns(labels),
-        )
-
-    verdict = best_recipe(rows, baseline, settings.fd_tolerance)
-    setup = {
-        "command": command or "fastsample bench",
-        "model": weights,
-        "machine": f"{platform.platform()}, {os.cpu_count()} CPUs, device {device}",
-        "versions": _versions(),
-        "threads": torch.get_num_threads(),
-        "samples per config": settings.samples,
-        "batch size": settings.batch_size,
-        "guidance scale": settings.guidance_scale,
-        "seed": settings.seed,
-        "timed batches per config": len(times[baseline]),
-        "real data saturation": round(mean_saturation(real), 4),
-        "FD floor (real vs real, same sample count)": round(fd_floor, 4),
-        "reference": f"{settings.reference_samples} real procedural images (fastsample.zoo.data)",
-    }
-    results = _write(settings, rows, setup, verdict)
-    results["batch_latencies_s"] = times
-    results["wall_time_s"] = wall.elapsed()
-    (settings.out / "results.json").write_text(json.dumps(results, indent=2, default=str))
-    report = settings.out / "report.md"
-    report.write_text(report.read_text() + f"\nWall time of the whole run: {results['wall_time_s']:.0f} s.\n")
-    logger.info("bench finished in %.1f s; report in %s", results["wall_time_s"], settings.out)
-    return results
+    with Stopwatch(device) as watch:
+        images = pipe(**kwargs).images
+    return images, watch.seconds
 
 
 def _versions() -> str:
@@ -380,75 +546,141 @@ def _versions() -> str:
 
     from fastsample import __version__
 
+    peer = ""
+    if cache_dit_available():
+        import cache_dit
+
+        peer = f", cache-dit {getattr(cache_dit, '__version__', '?')}"
     return (
         f"python {platform.python_version()}, torch {torch.__version__}, diffusers {diffusers.__version__}, "
-        f"fastsample {__version__}"
+        f"fastsample {__version__}{peer}"
     )
 
 
-def best_recipe(rows: list[dict[str, Any]], baseline: str, tolerance: float) -> str:
-    """Sentences naming the fastest recipe whose FD is within ``tolerance`` (relative) of the baseline's,
-    and the fastest recipe overall with its FD."""
-    base = next(row for row in rows if row["config"] == baseline)
-    others = [row for row in rows if row["config"] != baseline]
-    if not others:
-        return "Only the baseline was run."
-    limit = base["fd"] * (1.0 + tolerance)
-    matching = [row for row in others if row["fd"] <= limit]
-    margin = f"({base['fd']:.4g}, tolerance +{100 * tolerance:.0f} %)"
-    if matching:
-        best = min(matching, key=lambda row: row["latency_s"])
-        verdict = (
-            f"Fastest recipe matching the baseline's FD {margin}: **{best['config']}** (FD {best['fd']:.4g}) "
-            f"at {best['speedup']:.2f}x lower latency ({best['latency_s']:.3g} s vs "
-            f"{base['latency_s']:.3g} s per batch)."
+def run_bench(settings: BenchSettings, command: str = "", progress: bool = True) -> dict[str, Any]:
+    """Run every model of ``settings``, write ``report.md``, ``results.json`` and the figures, and return
+    ``{"headline": ..., "wall_time_s": ..., "models": {...}}``."""
+    import importlib.util
+
+    from fastsample.eval.frontier import frontier_markdown, headline, results_markdown
+    from fastsample.integration.measure import Stopwatch
+
+    if importlib.util.find_spec("matplotlib") is None:  # fail before sampling, not after
+        raise ImportError(
+            "fastsample bench writes a plot with matplotlib: install the `bench` extra "
+            "(pip install 'fastsample[bench]')."
         )
-    else:
-        closest = min(others, key=lambda row: row["fd"])
-        verdict = (
-            f"No recipe matched the baseline's FD {margin}. Closest: **{closest['config']}** "
-            f"(FD {closest['fd']:.4g}) at {closest['speedup']:.2f}x lower latency."
-        )
-    fastest = min(others, key=lambda row: row["latency_s"])
-    return (
-        f"{verdict} Fastest recipe overall: **{fastest['config']}**, {fastest['speedup']:.2f}x lower "
-        f"latency at FD {fastest['fd']:.4g}."
-    )
-
-
-def _write(
-    settings: BenchSettings, rows: list[dict[str, Any]], setup: dict[str, Any], verdict: str
-) -> dict[str, Any]:
-    from fastsample.eval.report import write_report
-
-    paths = write_report(
-        settings.out,
-        rows,
-        title="fastsample bench",
-        quality_key="fd",
-        latency_key="latency_s",
-        label_key="config",
-        setup=setup,
-        name="report",
-    )
-    report = paths["markdown"]
-    notes = [
+    wall = Stopwatch().start()
+    settings.out.mkdir(parents=True, exist_ok=True)
+    once = _Once()
+    noisy = logging.getLogger("fastsample")
+    noisy.addFilter(once)
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(once)
+    try:
+        sections = {model: run_model(settings, model, progress) for model in settings.models}
+    finally:
+        noisy.removeFilter(once)
+        for handler in logging.getLogger().handlers:
+            handler.removeFilter(once)
+    lines = ["# fastsample bench", ""]
+    headlines = []
+    for model, section in sections.items():
+        sentence = headline(section["frontier"])
+        headlines.append(f"{model.upper()}: {sentence}")
+        load: MachineLoad = section["load"]
+        floor = section["fd_floor"]
+        lines += [
+            f"## {model.upper()} model",
+            "",
+            f"**Headline.** {sentence}",
+            "",
+        ]
+        if load.busy:
+            lines += [
+                f"**WARNING: the machine was busy** ({load.describe()}); latencies are inflated and "
+                "ratios noisier than on an idle machine.",
+                "",
+            ]
+        lines += [
+            f"- command: `{command or 'fastsample bench'}`",
+            f"- model: {section['weights']}",
+            f"- machine: {platform.platform()}, {os.cpu_count()} CPUs, device {settings.device}, "
+            f"{torch.get_num_threads()} torch thread(s); {load.describe()}",
+            f"- versions: {_versions()}",
+            f"- samples: {settings.samples} per recipe ({settings.samples // 10 or 1} per class, balanced), "
+            f"batches of {settings.batch_size}, one untimed warm-up call per recipe, rounds interleaved "
+            f"(round-robin); guidance scale {settings.guidance_scale}; seed {settings.seed}",
+            f"- reference: {section['reference']['description']} (same noise and labels)",
+            f"- FD: in-domain feature net, {settings.reference_samples} real images as reference; "
+            f"real-vs-real floor at the same {settings.samples} samples with the same labels: {floor}; "
+            f"intervals: 95 % stratified bootstrap ({settings.n_boot} resamples; FD {settings.fd_boot}, "
+            "bias-corrected)",
+            "",
+            "### Frontier: the fastest recipe of each family at each quality level",
+            "",
+            frontier_markdown(section["frontier"]),
+            "",
+            f"![paired PSNR vs latency]({model}_pareto.png)",
+            "",
+            f"![samples by class]({model}_grid.png)",
+            "",
+            "### Every recipe",
+            "",
+            results_markdown(section["results"]),
+            "",
+        ]
+        if section["skipped"]:
+            lines += ["Recipes that could not run on this pipeline:", ""]
+            lines += [f"- `{name}`: {reason}" for name, reason in section["skipped"].items()]
+            lines.append("")
+    elapsed = wall.elapsed()
+    lines += [
+        "Columns: `latency_s` median seconds of one `pipe(...)` call on a batch, [p10, p90] over rounds; "
+        "`nfe` denoiser samples per image (a CFG step counts 2); `units` fraction of the attention/MLP units "
+        "that ran; `cost` = nfe × units (clock-free); `psnr`/`ssim`/`feat` paired medians against the "
+        "reference [95 % interval]; `fd` in-domain Fréchet distance [interval]; `shape`/`hue` accuracies; "
+        "`sat` mean HSV saturation. Speed-ups are t_other / t_fastsample per round: median [p10, p90]; "
+        "a winner is named only when the band excludes 1.",
         "",
-        "## Verdict",
-        "",
-        verdict,
-        "",
-        "Columns: `latency_s` median seconds of one `pipe(...)` call on a batch (warm-up first, batches",
-        "of all configs interleaved); `latency_ratio` = latency / baseline latency; `nfe` denoiser samples",
-        "evaluated per image (a CFG step counts 2); `denoiser_calls` per pipeline call; `fd` in-domain",
-        "Fréchet distance to the real reference (lower is better; compare with the FD floor above);",
-        "`class_accuracy` feature-net classification vs requested labels; `saturation` mean HSV",
-        "saturation. Image grids: `grids/` (one row per class).",
+        f"Wall time of the whole run: {elapsed:.0f} s.",
         "",
     ]
-    report.write_text(report.read_text() + "\n".join(notes))
-    json_path = paths["json"]
-    results = json.loads(json_path.read_text())
-    json_path.unlink()
-    results.update(verdict=verdict, settings=settings.to_dict(), plot=paths["plot"].name)
+    (settings.out / "report.md").write_text("\n".join(lines))
+    results = {
+        "headline": " ".join(headlines),
+        "wall_time_s": elapsed,
+        "settings": settings.to_dict(),
+        "command": command,
+        "models": {model: _section_json(section) for model, section in sections.items()},
+    }
+    (settings.out / "results.json").write_text(json.dumps(results, indent=2, default=str))
+    logger.info("bench finished in %.1f s; report in %s", elapsed, settings.out)
     return results
+
+
+def _section_json(section: dict[str, Any]) -> dict[str, Any]:
+    load: MachineLoad = section["load"]
+    return {
+        "weights": section["weights"],
+        "reference": section["reference"],
+        "rows": [r.to_row() | {"seconds": r.seconds} for r in section["results"]],
+        "frontier": [
+            {
+                "level": entry.level,
+                "fastest": {f: (None if r is None else r.name) for f, r in entry.fastest.items()},
+                "speedup": entry.speedup,
+                "verdict": {f: entry.verdict(f) for f in FAMILIES if f != "fastsample"},
+            }
+            for entry in section["frontier"]
+        ],
+        "skipped": section["skipped"],
+        "load": {
+            "before": load.load_before,
+            "after": load.load_after,
+            "cpu_share": load.cpu_share,
+            "busy": load.busy,
+        },
+        "mag_ratios": section["mag_ratios"],
+        "fd_floor": str(section["fd_floor"]),
+    }

@@ -7,8 +7,9 @@ configuration reads it from here:
 
 - :func:`fastsample.optimize.optimize` and the benchmark recipes (``fastsample.eval.bench``) build a
   ``shortcut`` (``"ghvb"``, ``"hb"``, ``"plms"``, ``"dpm++2m-hb"``; the bench also its baselines
-  ``"dpm++2m"``, ``"ddim"``, ``"pndm"``, ``"euler"``, ``"unipc"``; for flow configs diffusers' flow modes
-  of DPM-Solver++ and UniPC and FlowMatch Euler) for the family of the pipeline's schedule
+  ``"dpm++2m"``, ``"dpm++2m-karras"``, ``"ddim"``, ``"pndm"``, ``"euler"``, ``"unipc"``, ``"deis"``; for flow
+  configs ``"flow-euler"``, ``"flow-heun"`` and the flow modes of DPM-Solver++ and UniPC) for the family of
+  the pipeline's schedule
   (:func:`build`);
 - the solver table (``fastsample.zoo.solver_table``) gets the rows marked ``in_table`` through
   :func:`benchmark_entries`.
@@ -131,6 +132,19 @@ PRESETS: tuple[Preset, ...] = (
 )
 _FLOW_SIGMAS = {"use_flow_sigmas": True, "prediction_type": "flow_prediction", "flow_shift": _SHIFT}
 BASELINES: tuple[Preset, ...] = (
+    # diffusers' flow-capable schedulers, built from a FlowMatch config (listed first: a flow config must not
+    # fall through to the VP-only rows below, which take no flow sigmas)
+    Preset("FlowMatch Euler", "flow", "FlowMatchEulerDiscreteScheduler", {}, "flow-euler", in_table=False),
+    Preset("FlowMatch Heun", "flow", "FlowMatchHeunDiscreteScheduler", {}, "flow-heun", in_table=False),
+    Preset(
+        "DPM++2M (flow)",
+        "flow",
+        "DPMSolverMultistepScheduler",
+        {"algorithm_type": "dpmsolver++", "solver_order": 2, **_FLOW_SIGMAS},
+        "dpm++2m",
+        in_table=False,
+    ),
+    Preset("UniPC (flow)", "flow", "UniPCMultistepScheduler", dict(_FLOW_SIGMAS), "unipc", in_table=False),
     Preset(
         "DPM++2M",
         "vp",
@@ -142,22 +156,20 @@ BASELINES: tuple[Preset, ...] = (
     Preset("DDIM", "vp", "DDIMScheduler", {}, "ddim", in_table=False),
     Preset("PNDM", "vp", "PNDMScheduler", {"skip_prk_steps": True}, "pndm", in_table=False),
     Preset("Euler", "vp", "EulerDiscreteScheduler", {}, "euler", in_table=False),
-    Preset("UniPC", "vp", "UniPCMultistepScheduler", {}, "unipc", in_table=False),
-    # flow matching: diffusers' flow modes of the same solvers, FlowMatch's `shift` kept
     Preset(
-        "DPM++2M (flow)",
-        "flow",
+        "DPM++2M Karras",
+        "vp",
         "DPMSolverMultistepScheduler",
-        {"algorithm_type": "dpmsolver++", "solver_order": 2, **_FLOW_SIGMAS},
-        "dpm++2m",
+        {"algorithm_type": "dpmsolver++", "solver_order": 2, "use_karras_sigmas": True},
+        "dpm++2m-karras",
         in_table=False,
     ),
-    Preset("FlowMatch Euler", "flow", "FlowMatchEulerDiscreteScheduler", {}, "euler", in_table=False),
-    Preset("UniPC (flow)", "flow", "UniPCMultistepScheduler", dict(_FLOW_SIGMAS), "unipc", in_table=False),
+    Preset("UniPC", "vp", "UniPCMultistepScheduler", {}, "unipc", in_table=False),
+    Preset("DEIS", "vp", "DEISMultistepScheduler", {}, "deis", in_table=False),
 )
 
 SHORTCUTS: tuple[str, ...] = tuple(dict.fromkeys(p.shortcut for p in PRESETS if p.shortcut))
-BASELINE_SHORTCUTS: tuple[str, ...] = tuple(dict.fromkeys(p.shortcut for p in BASELINES))
+BASELINE_SHORTCUTS: tuple[str, ...] = tuple(dict.fromkeys(p.shortcut for p in BASELINES if p.shortcut))
 
 
 def family_of(config: Any) -> str:

@@ -166,8 +166,11 @@ def test_mirrored_constants_equal_the_library():
     from fastsample.zoo import oracle
     from fastsample.zoo import solver_table as table_lib
 
-    assert tuple(r.name for r in bench_lib.DEFAULT_RECIPES) == bench.DEFAULT_RECIPE_NAMES
-    assert tuple(r.name for r in bench_lib.QUICK_RECIPES) == bench.QUICK_RECIPE_NAMES
+    assert (bench_lib.MODELS, bench_lib.SIZES) == (bench.MODELS, bench.SIZES)
+    assert (bench_lib.REFERENCE_STEPS, bench_lib.QUICK_REFERENCE_STEPS) == (
+        bench.REFERENCE_STEPS,
+        bench.QUICK_REFERENCE_STEPS,
+    )
     assert (fid.EXTRACTOR_NAMES, fid.PREPROCESSING_MODES) == (EXTRACTOR_NAMES, PREPROCESSING_MODES)
     assert (fid.INCEPTION_WEIGHTS_ENV, fid.INCEPTION_WEIGHTS_FILENAME) == (
         INCEPTION_WEIGHTS_ENV,

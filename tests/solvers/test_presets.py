@@ -54,8 +54,8 @@ def test_benchmark_entries_are_the_table_rows_in_order():
 
 
 def test_optimize_and_bench_read_the_table():
-    from fastsample.eval import bench
+    from fastsample.eval import frontier
     from fastsample.optimize import SCHEDULER_SHORTCUTS
 
     assert SCHEDULER_SHORTCUTS == presets.SHORTCUTS
-    assert bench.SCHEDULERS == presets.BASELINE_SHORTCUTS + presets.SHORTCUTS
+    assert frontier.SCHEDULERS == presets.BASELINE_SHORTCUTS + presets.SHORTCUTS
