@@ -113,7 +113,7 @@ def test_scheduler_forms_and_context_manager():
         assert type(pipe.scheduler) is GHVBScheduler
         assert pipe.scheduler.config.num_train_timesteps == original.config.num_train_timesteps
     ghvb = _scheduler_factories(original.config)["ghvb"]()
-    assert ghvb.config.ghvb_order == 1.8 and ghvb.config.grid == "karras"  # the class default
+    assert ghvb.config.ghvb_order == 1.8 and ghvb.config.grid == "auto"  # the class default
     assert pipe.scheduler is original
     empty = optimize(pipe)
     assert "nothing active" in empty.summary()

@@ -156,8 +156,8 @@ class MultistepCore(StrictKwargsMixin, SchedulerMixin, ConfigMixin):
         if space not in SOLVER_SPACES:
             raise ValueError(f"`solver_space` must be one of {SOLVER_SPACES}, got {space!r}")
         grid = getattr(cfg, "grid", "spacing")
-        if grid not in (*grids.SIGMA_GRIDS, "spacing"):
-            raise ValueError(f"`grid` must be one of {(*grids.SIGMA_GRIDS, 'spacing')}, got {grid!r}")
+        if grid not in (*grids.SIGMA_GRIDS, "spacing", "auto"):
+            raise ValueError(f"`grid` must be one of {(*grids.SIGMA_GRIDS, 'spacing', 'auto')}, got {grid!r}")
         if sum(map(bool, (cfg.use_karras_sigmas, cfg.use_exponential_sigmas, cfg.use_beta_sigmas))) > 1:
             raise ValueError(
                 "only one of `use_karras_sigmas`, `use_exponential_sigmas`, `use_beta_sigmas` may be set"
@@ -358,13 +358,16 @@ class MultistepCore(StrictKwargsMixin, SchedulerMixin, ConfigMixin):
     def _sigma_kind(self, custom: bool) -> str | None:
         """The σ grid of this run: a ``use_*_sigmas`` flag, else the class's ``grid`` key ("karras",
         "exponential", "beta"; "spacing" = ``timestep_spacing``) unless custom timesteps/sigmas are given or
-        the VP schedule has zero terminal SNR (no finite σ̄ at t = T−1)."""
+        the VP schedule has zero terminal SNR (no finite σ̄ at t = T−1); "auto" is Karras for VP and the
+        spacing for flow."""
         cfg = self.config
         flags = (cfg.use_karras_sigmas, cfg.use_exponential_sigmas, cfg.use_beta_sigmas)
         for kind, on in zip(grids.SIGMA_GRIDS, flags):
             if on:
                 return kind
         grid = getattr(cfg, "grid", "spacing")
+        if grid == "auto":  # Karras for VP; flow keeps its own shifted spacing (Karras ignores the shift)
+            grid = "spacing" if self.is_flow else "karras"
         if custom or grid == "spacing" or (not self.is_flow and float(self.alphas_cumprod[-1]) == 0.0):
             return None
         return grid
