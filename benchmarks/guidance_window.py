@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
+import os
 import shlex
 import sys
 from typing import Any
@@ -167,21 +167,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=None, help="JSON file for the figures")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    payload: dict[str, Any] = {
-        "command": shlex.join(["python", *sys.argv]),
-        "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
-        "torch": torch.__version__,
-        "diffusers": __import__("diffusers").__version__,
-        "python": platform.python_version(),
-        "load_average": list(__import__("os").getloadavg()),
-        "args": vars(args),
-        "models": {},
-    }
+    from fastsample.zoo.solver_table import environment_lines
+
+    payload: dict[str, Any] = {"command": shlex.join(["python", *sys.argv]), "args": vars(args), "models": {}}
+    payload |= {"environment": environment_lines(), "load_average": list(os.getloadavg())}
     for model in args.models:
         payload["models"][model] = run_model(model, args)
         print(render(model, payload["models"][model]), flush=True)
-    payload["load_average_end"] = list(__import__("os").getloadavg())
-    print(json.dumps({k: payload[k] for k in ("command", "machine", "torch", "diffusers", "load_average")}))
+    payload["load_average_end"] = list(os.getloadavg())
+    print(json.dumps({k: payload[k] for k in ("command", "environment", "load_average")}))
     if args.out:
         with open(args.out, "w") as handle:
             json.dump(payload, handle, indent=1)
