@@ -401,7 +401,8 @@ class GuidanceWindow(GuidanceMethod):
     schedule.
 
     Args:
-        start, end: the window's edges (progress for ``"time"``, ρ for ``"sigma"``); see above.
+        start: the window's lower edge (progress for ``"time"``, ρ for ``"sigma"``); see above.
+        end: the window's upper edge, in the same unit.
         over: ``"time"`` or ``"sigma"``.
         inner: the guidance method applied inside the window (``None``: plain :class:`CFG`).
     """
