@@ -10,7 +10,8 @@ samples (labels ``i % 10``, one seeded generator per sample, so every row starts
 batches of ``--batch``. Rows: full CFG (the pipeline's own, no hook: the reference), Adaptive Guidance
 alone, and :class:`fastsample.guidance.GuidanceWindow` over the progress windows ``--windows`` (e.g.
 ``0:0.6``: guidance on the first, high-noise 60 % of the trajectory, the unconditional pass skipped after
-it) and ``--ag-windows`` (the same with AG's switch inside).
+it) and ``--ag-windows`` (the same with AG's switch inside); with ``--head DIR``, the window a trained
+annealing head asks for (:meth:`fastsample.guidance.AnnealingHead.window`), alone and with AG.
 
 Per row:
 
@@ -50,6 +51,15 @@ def _rows(args: argparse.Namespace) -> list[tuple[str, Any]]:
     for spec in args.windows:
         start, end = (float(v) for v in spec.split(":"))
         rows.append((f"window [{start:g}, {end:g}]", lambda s=start, e=end: GuidanceWindow(s, e)))
+    if args.head is not None:  # the window a trained annealing head asks for (AnnealingHead.window)
+        from fastsample.guidance import AnnealingHead
+
+        head = AnnealingHead.from_pretrained(args.head)
+        read = {"lam": args.head_lam, "fraction": args.head_fraction, "delta_norm": args.head_delta}
+        learned = head.window(**read)
+        label = f"learned window [{learned.start:.2f}, {learned.end:.2f}]"
+        rows.append((label, lambda: head.window(**read)))
+        rows.append((f"{label} + AG", lambda: head.window(**read, inner=ag())))
     for spec in args.ag_windows:
         start, end = (float(v) for v in spec.split(":"))
         rows.append(
@@ -163,6 +173,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--ag-windows", nargs="*", default=["0:0.6", "0:0.7"], help="the same, with AG inside"
+    )
+    parser.add_argument("--head", default=None, help="a trained AnnealingHead folder: add its window")
+    parser.add_argument("--head-lam", type=float, default=0.4, help="λ at which the head's window is read")
+    parser.add_argument("--head-fraction", type=float, default=0.5, help="AnnealingHead.window's fraction")
+    parser.add_argument(
+        "--head-delta",
+        type=float,
+        default=None,
+        help="‖ε_u − ε_c‖ at which the window is read (default: the head's)",
     )
     parser.add_argument("--out", default=None, help="JSON file for the figures")
     args = parser.parse_args(argv)
