@@ -231,84 +231,79 @@ def mac_profiles(pipe, call) -> dict:
     return profiles
 
 
-def diffusers_rows(
-    pipe, current_timestep: list, steps: int, guidance_scale: float
-) -> tuple[list[Row], dict[str, str]]:
-    """FirstBlockCache, PAB, TaylorSeer and MagCache rows; the diffusers caches that cannot run, with their
-    error."""
-    from diffusers.hooks import (
-        FirstBlockCacheConfig,
-        MagCacheConfig,
-        PyramidAttentionBroadcastConfig,
-        TaylorSeerCacheConfig,
-        apply_first_block_cache,
-        apply_mag_cache,
-        apply_pyramid_attention_broadcast,
-        apply_taylorseer_cache,
-    )
+def diffusers_row(kind: str, name: str, family: str, knob: str, **config) -> DiffusersRow:
+    """A :class:`DiffusersRow` of diffusers' cache ``kind`` ("fbc", "pab", "taylorseer" or "magcache") with
+    ``config`` for its ``*Config`` class."""
+    import diffusers.hooks as hooks
     from diffusers.hooks.first_block_cache import _FBC_BLOCK_HOOK, _FBC_LEADER_BLOCK_HOOK
     from diffusers.hooks.mag_cache import _MAG_CACHE_BLOCK_HOOK, _MAG_CACHE_LEADER_BLOCK_HOOK
     from diffusers.hooks.pyramid_attention_broadcast import _PYRAMID_ATTENTION_BROADCAST_HOOK
     from diffusers.hooks.taylorseer_cache import _TAYLORSEER_CACHE_HOOK
 
+    table = {
+        "fbc": (
+            hooks.apply_first_block_cache,
+            hooks.FirstBlockCacheConfig,
+            (_FBC_LEADER_BLOCK_HOOK, _FBC_BLOCK_HOOK),
+        ),
+        "pab": (
+            hooks.apply_pyramid_attention_broadcast,
+            hooks.PyramidAttentionBroadcastConfig,
+            (_PYRAMID_ATTENTION_BROADCAST_HOOK,),
+        ),
+        "taylorseer": (hooks.apply_taylorseer_cache, hooks.TaylorSeerCacheConfig, (_TAYLORSEER_CACHE_HOOK,)),
+        "magcache": (
+            hooks.apply_mag_cache,
+            hooks.MagCacheConfig,
+            (_MAG_CACHE_LEADER_BLOCK_HOOK, _MAG_CACHE_BLOCK_HOOK),
+        ),
+    }
+    apply, config_class, hook_names = table[kind]
+    return DiffusersRow(name, family, knob, lambda model: apply(model, config_class(**config)), hook_names)
+
+
+def pab_row(skip: int, window: tuple[int, int], current_timestep: list) -> DiffusersRow:
+    """diffusers' Pyramid Attention Broadcast: ``attn1`` reused ``skip − 1`` of every ``skip`` steps while
+    the timestep lies in ``window``; ``current_timestep[0]`` is the timestep of the denoiser call in progress
+    (its required callback)."""
+    return diffusers_row(
+        "pab", f"diffusers-pab-{skip}-{window[0]}-{window[1]}", "diffusers PAB",
+        f"attn1 every {skip}, t in {window}", spatial_attention_block_skip_range=skip,
+        spatial_attention_timestep_skip_range=window, current_timestep_callback=lambda: current_timestep[0],
+    )  # fmt: skip
+
+
+def diffusers_rows(
+    pipe, current_timestep: list, steps: int, guidance_scale: float
+) -> tuple[list[Row], dict[str, str]]:
+    """FirstBlockCache, PAB, TaylorSeer and MagCache rows; the diffusers caches that cannot run, with their
+    error."""
     rows: list[Row] = []
     for threshold in (0.1, 0.2):
         rows.append(
-            DiffusersRow(
-                f"diffusers-fbc-{threshold:g}",
-                "diffusers FirstBlockCache",
-                f"threshold {threshold:g}",
-                lambda m, th=threshold: apply_first_block_cache(m, FirstBlockCacheConfig(threshold=th)),
-                (_FBC_LEADER_BLOCK_HOOK, _FBC_BLOCK_HOOK),
+            diffusers_row(
+                "fbc", f"diffusers-fbc-{threshold:g}", "diffusers FirstBlockCache",
+                f"threshold {threshold:g}", threshold=threshold,
             )
-        )
-    for skip, window in ((2, (100, 800)),):
-        config = dict(
-            spatial_attention_block_skip_range=skip,
-            spatial_attention_timestep_skip_range=window,
-            current_timestep_callback=lambda: current_timestep[0],
-        )
-        rows.append(
-            DiffusersRow(
-                f"diffusers-pab-{skip}-{window[0]}-{window[1]}",
-                "diffusers PAB",
-                f"attn1 every {skip}, t in {window}",
-                lambda m, c=config: apply_pyramid_attention_broadcast(
-                    m, PyramidAttentionBroadcastConfig(**c)
-                ),
-                (_PYRAMID_ATTENTION_BROADCAST_HOOK,),
-            )
-        )
+        )  # fmt: skip
+    rows.append(pab_row(2, (100, 800), current_timestep))
     taylor = r"transformer_blocks\.\d+\.(attn1|ff)"  # the default patterns hook nothing on DiT (see below)
     for interval in (2, 3):
-        config = dict(
-            cache_interval=interval,
-            disable_cache_before_step=1,
-            max_order=1,
-            taylor_factors_dtype=torch.float32,
-            cache_identifiers=[taylor],
-        )
         rows.append(
-            DiffusersRow(
-                f"diffusers-taylorseer-{interval}",
-                "diffusers TaylorSeer (attn1/ff)",
-                f"interval {interval}, order 1",
-                lambda m, c=config: apply_taylorseer_cache(m, TaylorSeerCacheConfig(**c)),
-                (_TAYLORSEER_CACHE_HOOK,),
+            diffusers_row(
+                "taylorseer", f"diffusers-taylorseer-{interval}", "diffusers TaylorSeer (attn1/ff)",
+                f"interval {interval}, order 1", cache_interval=interval, disable_cache_before_step=1,
+                max_order=1, taylor_factors_dtype=torch.float32, cache_identifiers=[taylor],
             )
-        )
+        )  # fmt: skip
     ratios = calibrate_mag_cache(pipe, steps, guidance_scale)
     for threshold in (0.06, 0.12):
-        config = dict(threshold=threshold, num_inference_steps=steps, mag_ratios=ratios)
         rows.append(
-            DiffusersRow(
-                f"diffusers-magcache-{threshold:g}",
-                "diffusers MagCache (calibrated)",
-                f"threshold {threshold:g}",
-                lambda m, c=config: apply_mag_cache(m, MagCacheConfig(**c)),
-                (_MAG_CACHE_LEADER_BLOCK_HOOK, _MAG_CACHE_BLOCK_HOOK),
+            diffusers_row(
+                "magcache", f"diffusers-magcache-{threshold:g}", "diffusers MagCache (calibrated)",
+                f"threshold {threshold:g}", threshold=threshold, num_inference_steps=steps, mag_ratios=ratios,
             )
-        )
+        )  # fmt: skip
     return rows, probe_other_diffusers_caches(pipe)
 
 

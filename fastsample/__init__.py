@@ -36,6 +36,7 @@ _LAZY_EXPORTS: dict[str, str] = {
     "CFGRescale": "fastsample.guidance",
     "CFGZeroStar": "fastsample.guidance",
     "CFGPlusPlus": "fastsample.guidance",
+    "GuidanceWindow": "fastsample.guidance",
     # cache
     "enable_cache": "fastsample.cache",
     "calibrate_cache": "fastsample.cache",

@@ -50,11 +50,13 @@ _OPTIONAL = ("max_consecutive",)
 
 def model_weights_hash(model: torch.nn.Module) -> str:
     """sha256 over the model's class, public config and every parameter and buffer (name, dtype, shape and
-    bytes, in ``state_dict`` order). Reads every weight once (about a second per GB on a CPU)."""
+    bytes, sorted by name: the order in which submodules were registered does not matter, e.g. after a tool
+    that swaps ``transformer_blocks`` out and back, as cache-dit's ``disable_cache`` does). Reads every
+    weight once (about a second per GB on a CPU)."""
     digest = hashlib.sha256(type(model).__name__.encode())
     config = {k: v for k, v in dict(getattr(model, "config", {})).items() if not k.startswith("_")}
     digest.update(json.dumps(config, sort_keys=True, default=str).encode())
-    for name, tensor in model.state_dict().items():
+    for name, tensor in sorted(model.state_dict().items()):
         data = tensor.detach().to("cpu").contiguous()
         digest.update(f"{name}|{data.dtype}|{tuple(data.shape)}".encode())
         digest.update(data.view(torch.uint8).numpy().tobytes() if data.numel() else b"")

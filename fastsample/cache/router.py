@@ -7,6 +7,15 @@ computes at step k iff ``sigmoid(θ_k,u) > τ`` (τ = 0.1 in the paper), otherwi
 
 A router only makes sense for the (model, scheduler, timesteps, guidance) it was trained with, so the
 artifact stores them and :class:`HarmoniCaPolicy` refuses any mismatch.
+
+**Caveat: opt-in, and not better than FORA here.** On the embedded DiT (DPM-Solver++ 2M, 20 steps, CFG 4)
+every router trained with this objective lost to the static FORA(2) schedule at equal or lower compute
+(21.8–25.3 dB against 27.3 dB paired PSNR; started at FORA(2)'s own schedule, training moved away from it and
+lost 3.8 dB). The measured cause is the training signal: HarmoniCa's per-step proxy Σ_k λ_k · MSE(ε̂_k, ε*_k)
+scores a schedule shaped like the trained routers' 1.9× better than FORA(2) although its images are 7 dB
+worse at more compute (``benchmarks/harmonica_proxy.py``; benchmarks/results/cache.md, sections (b2), (f)).
+Use a router only after measuring it against FORA(N) on your model; ``enable_cache(pipe, "fora")`` or
+``"taylorseer"`` is the default recommendation.
 """
 
 from __future__ import annotations
@@ -210,6 +219,8 @@ def _close(a: list[float], b: list[float]) -> bool:
 
 class HarmoniCaPolicy(StaticSchedule):
     """Hard inference schedule of a trained router: unit u computes at step k iff ``sigmoid(θ_k,u) > τ``.
+
+    Opt-in: on the embedded DiT, trained routers lose to FORA(2) at equal compute (module docstring).
 
     Refuses (``ValueError``) a model whose class, config hash or units differ from the artifact's, a pipeline
     whose scheduler class, timesteps or guidance scale differ, and a guidance scale passed here that differs.

@@ -5,7 +5,16 @@ from .context import GuidanceContext
 from .guiders import AdaptiveGuider, APGGuider
 from .hook import GuidanceHandle, enable_guidance, guide
 from .linear_ag import LinearAG, LinearAGCoefficients
-from .methods import APG, CFG, AdaptiveGuidance, CFGPlusPlus, CFGRescale, CFGZeroStar, GuidanceMethod
+from .methods import (
+    APG,
+    CFG,
+    AdaptiveGuidance,
+    CFGPlusPlus,
+    CFGRescale,
+    CFGZeroStar,
+    GuidanceMethod,
+    GuidanceWindow,
+)
 
 __all__ = [
     "APG",
@@ -21,6 +30,7 @@ __all__ = [
     "GuidanceContext",
     "GuidanceHandle",
     "GuidanceMethod",
+    "GuidanceWindow",
     "LinearAG",
     "LinearAGCoefficients",
     "enable_guidance",

@@ -24,7 +24,7 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 
 from .context import GuidanceContext, compute_dtype
-from .methods import CFGPlusPlus, GuidanceMethod, cfg_combine
+from .methods import CFGPlusPlus, GuidanceMethod, GuidanceWindow, cfg_combine
 
 SCHEDULES = ("linear", "cosine", "interval", "learned")
 
@@ -71,6 +71,45 @@ class AnnealingHead(ModelMixin, ConfigMixin):
         x = torch.cat([self._embed(f) for f in feats], dim=-1)
         return self.config.w_scale * self.mlp(x).squeeze(-1) + self.config.w_bias
 
+    def window(
+        self,
+        *,
+        lam: float = 0.4,
+        delta_norm: float | None = None,
+        fraction: float = 0.5,
+        inner: GuidanceMethod | None = None,
+        points: int = 1001,
+    ) -> GuidanceWindow:
+        """The guidance window this head's scale schedule asks for (a :class:`GuidanceWindow` over progress).
+
+        w_θ(τ, δ, λ) is evaluated on ``points`` noise fractions τ ∈ [0, 1] at a fixed ‖ε_u − ε_c‖ = δ =
+        ``delta_norm`` (default the head's own ``delta_scale``, i.e. a normalised input of 1) and λ = ``lam``;
+        the window is the smallest progress interval [1 − τ_max, 1 − τ_min] holding every τ with
+        w_θ − 1 ≥ ``fraction`` · max_τ (w_θ − 1). Inside it ``inner`` (default CFG) guides; outside, the
+        unconditional pass is skipped.
+        """
+        if not 0.0 < fraction <= 1.0:
+            raise ValueError(f"fraction must be in (0, 1], got {fraction}.")
+        if not 0.0 <= lam <= 1.0:
+            raise ValueError(f"lam (λ) must be in [0, 1], got {lam}.")
+        if isinstance(points, bool) or not isinstance(points, int) or points < 2:
+            raise ValueError(f"points must be an int >= 2, got {points!r}.")
+        delta = float(self.config.delta_scale if delta_norm is None else delta_norm)
+        if not math.isfinite(delta) or delta < 0:
+            raise ValueError(f"delta_norm must be a finite number >= 0, got {delta_norm}.")
+        tau = torch.linspace(0.0, 1.0, points, dtype=torch.float64)
+        with torch.no_grad():
+            w = self(tau, torch.full((points,), delta), torch.tensor(float(lam))).double().cpu()
+        excess = w - 1.0
+        peak = float(excess.max())
+        if not peak > 0.0:
+            raise ValueError(
+                f"the annealing head asks for no guidance at any noise level (max w = {1 + peak:.4g} at "
+                f"delta_norm={delta:g}, lam={lam:g}): there is no window to read."
+            )
+        selected = tau[excess >= fraction * peak]
+        return GuidanceWindow(float(1.0 - selected.max()), float(1.0 - selected.min()), inner=inner)
+
 
 def eps_from(pred: torch.Tensor, ctx: GuidanceContext) -> torch.Tensor:
     """ε̂ for any parameterisation: ε = (x_t − α x̂0)/σ (flow: x_t + (1 − s) v̂)."""
@@ -106,6 +145,7 @@ class AnnealedGuidance(GuidanceMethod):
         lo, hi = sigma_interval
         if not (0.0 <= lo < hi):
             raise ValueError(f"sigma_interval must satisfy 0 <= lo < hi, got {sigma_interval}.")
+        self._window = GuidanceWindow(lo, hi, over="sigma")
         if schedule == "learned" and not isinstance(head, AnnealingHead):
             raise ValueError(
                 "schedule='learned' needs head=AnnealingHead (train one with `fastsample train-guidance`)."
@@ -125,8 +165,7 @@ class AnnealedGuidance(GuidanceMethod):
         return tau.expand(ctx.batch_size) if tau.numel() == 1 else tau
 
     def _inside(self, ctx: GuidanceContext) -> torch.Tensor:
-        rho = ctx.rho
-        return (rho > self.sigma_interval[0]) & (rho <= self.sigma_interval[1])
+        return self._window.inside(ctx)
 
     def scale(self, ctx: GuidanceContext) -> torch.Tensor:
         """The analytic schedule's w per sample (float64, (B,))."""

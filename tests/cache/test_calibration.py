@@ -156,3 +156,18 @@ def test_target_skip_picks_the_smallest_threshold_that_reaches_it():
         fs.calibrate_cache(pipe, None, max_change=0.1, target_skip=0.3, **call)
     with pytest.raises(ValueError, match="target_skip"):
         fs.calibrate_cache(pipe, None, target_skip=1.5, **call)
+
+
+def test_weights_hash_ignores_the_submodule_order_but_not_the_weights():
+    """A tool that swaps ``transformer_blocks`` out and back (cache-dit's disable) re-registers it last: the
+    same weights in another state_dict order keep their hash; one changed weight does not."""
+    model = tiny_pipeline("dit").transformer
+    before = model_weights_hash(model)
+    blocks = model.transformer_blocks
+    del model.transformer_blocks
+    model.transformer_blocks = blocks  # now registered last
+    assert list(model.state_dict())[-1].startswith("transformer_blocks.")
+    assert model_weights_hash(model) == before
+    with torch.no_grad():
+        next(model.parameters()).view(-1)[0] += 1.0
+    assert model_weights_hash(model) != before
