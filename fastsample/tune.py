@@ -356,7 +356,9 @@ def tune(
 
     Args:
         pipe: a supported pipeline (its own scheduler, at ``reference_steps``, gives the reference).
-        prompts / class_labels: exactly one: the conditions, cycled over the images.
+        prompts: the prompts of a text-to-image pipeline, cycled over the images (or ``class_labels``).
+        class_labels: the labels of a class-conditional pipeline, cycled over the images (exactly one of the
+            two).
         floor_db: the quality floor, median PSNR to the reference (dB).
         space: the candidates (:data:`DEFAULT_SPACE`; :data:`DIFFUSERS_SPACE` for diffusers-only).
         samples: images per round, increasing (the last round confirms).
