@@ -93,8 +93,8 @@ def main(argv=None) -> int:
         (
             f"- configuration: `GHVBScheduler.from_config(config, **{args.kwargs})`"
             if args.kwargs
-            else "- default = `GHVBScheduler.from_config(config)` (no arguments: q = 1.8, Karras grid to "
-            "σ̄ = 0, variable-step weights for VP, equal-step for flow)"
+            else "- default = `GHVBScheduler.from_config(config)` (no arguments: q = 1.8; VP: Karras grid to "
+            "σ̄ = 0, variable-step weights; flow: the schedule's own shifted spacing, equal-step weights)"
         ),
         "- target: 0 % blow-ups (error > 0.5) and median ≤ 0.5× the best diffusers median of the cell",
         f"- **{met} of {total} cells met**",
