@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 from pathlib import Path
 
 from fastsample.cli._common import CommandError, add_out, add_pipeline, add_quiet, positive_int
@@ -14,7 +15,7 @@ Successive-halving search over solver × steps × guidance method × feature cac
 savings) for the cheapest recipe whose median paired PSNR to the pipeline's own reference (its scheduler at
 --reference-steps with full CFG, same noise and conditions) is at least --floor dB. The cost is clock-free:
 denoiser rows × fraction of units computed, per image. Writes recipe.json (apply it with
-fs.optimize(pipe, recipe="recipe.json")), front.md (the Pareto front) and front.png.
+fs.optimize(pipe, recipe="recipe.json")), front.md (the Pareto front) and front.png (with matplotlib).
 
 Examples:
   fastsample tune --pipeline fixture:dit --samples 2 4 --out tuned/
@@ -120,7 +121,10 @@ def run(args: argparse.Namespace) -> int:
         result.table(),
     ]
     (out / "front.md").write_text("\n".join(report) + "\n")
-    result.plot(out / "front.png")
+    try:
+        result.plot(out / "front.png")
+    except ImportError:  # matplotlib is an extra (`pip install "fastsample[bench]"`)
+        logging.getLogger(__name__).warning("no front.png: matplotlib is not installed")
     print(result.table())
     if result.chosen is None:
         raise CommandError("--floor", str(_no_recipe(result)))
