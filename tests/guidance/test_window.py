@@ -223,3 +223,31 @@ def test_disable_restores_the_pipeline_exactly():
     assert torch.equal(_run(pipe, name), ref)
     assert ("forward" in denoiser.__dict__) == forward_in_dict
     assert (method.start, method.end, method.over, method.inner.threshold) == settings
+
+
+@pytest.mark.slow
+def test_window_with_regionally_compiled_blocks_has_no_graph_break():
+    """The window's decision and the CFG slicing run in eager code around the compiled blocks: fullgraph
+    compilation of each block sees no graph break, the images equal the eager ones, and a second call
+    compiles nothing (one graph per batch size: the CFG batch inside the window, the conditional one
+    outside)."""
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    pipe = tiny_pipeline("dit")
+
+    def run(seed: int = 0):
+        with guide(pipe, GuidanceWindow(0.0, 0.5, inner=AdaptiveGuidance())):
+            return pipe(**call_kwargs("dit", num_inference_steps=4, seed=seed)).images
+
+    eager = run()
+    for block in pipe.transformer.transformer_blocks:
+        block.compile(backend="eager", fullgraph=True)  # fullgraph: a graph break would raise
+    counters.clear()
+    compiled = run()
+    assert dict(counters["graph_break"]) == {} and counters["stats"]["unique_graphs"] > 0
+    torch.testing.assert_close(torch.as_tensor(compiled), torch.as_tensor(eager), rtol=1e-5, atol=1e-5)
+    counters.clear()
+    run(seed=1)
+    assert dict(counters["graph_break"]) == {} and counters["stats"]["unique_graphs"] == 0
+    torch._dynamo.reset()
