@@ -64,6 +64,7 @@ class SamplingRecipe:
     Attributes:
         scheduler: a shortcut of :mod:`fastsample.solvers.presets` (fastsample's or a diffusers baseline).
         num_inference_steps: sampling steps (for the pipeline call: ``pipe(..., **handle.call_kwargs)``).
+        scheduler_options: ``from_config`` overrides of the preset, e.g. the grid ``{"grid": "spacing"}``.
         guidance: a name of :data:`fastsample.guidance.methods.METHODS` or ``None`` (the pipeline's CFG).
         guidance_options: keyword arguments of that method.
         cache: a method of :func:`fastsample.cache.enable_cache` (``"fora"``, ``"taylorseer"``…) or ``None``.
@@ -77,6 +78,7 @@ class SamplingRecipe:
 
     scheduler: str
     num_inference_steps: int
+    scheduler_options: dict[str, Any] = field(default_factory=dict)
     guidance: str | None = None
     guidance_options: dict[str, Any] = field(default_factory=dict)
     cache: str | None = None
@@ -107,19 +109,18 @@ class SamplingRecipe:
             raise ValueError(f"`attention` must be None or a backend name, got {self.attention!r}")
         if not isinstance(self.dit_savings, bool):
             raise ValueError(f"`dit_savings` must be a bool, got {self.dit_savings!r}")
-        for name in ("guidance_options", "cache_options", "provenance", "figures"):
+        for name in ("scheduler_options", "guidance_options", "cache_options", "provenance", "figures"):
             object.__setattr__(self, name, _check_options(name, getattr(self, name)))
 
     # ------------------------------------------------------------------------------------------- naming
     @property
     def name(self) -> str:
-        """A short label: ``ghvb-8+ag+fora(interval=2)``."""
-        parts = [f"{self.scheduler}-{self.num_inference_steps}"]
+        """A short label: ``ghvb-8+ag+fora(interval=2)``, ``ghvb(grid=spacing)-8``."""
+        parts = [f"{self.scheduler}{_knobs(self.scheduler_options)}-{self.num_inference_steps}"]
         if self.guidance is not None:
-            parts.append(self.guidance)
+            parts.append(f"{self.guidance}{_knobs(self.guidance_options)}")
         if self.cache is not None:
-            knobs = ",".join(f"{k}={v}" for k, v in sorted(self.cache_options.items()))
-            parts.append(f"{self.cache}({knobs})" if knobs else self.cache)
+            parts.append(f"{self.cache}{_knobs(self.cache_options)}")
         if self.attention is not None:
             parts.append(f"attn-{self.attention}")
         if self.dit_savings:
@@ -135,8 +136,9 @@ class SamplingRecipe:
 
         guidance = None if self.guidance is None else GUIDANCE_METHODS[self.guidance](**self.guidance_options)
         cache = None if self.cache is None else (self.cache, dict(self.cache_options))
+        options = self.scheduler_options
         return {
-            "scheduler": build(self.scheduler, pipe.scheduler.config, baselines=True),
+            "scheduler": build(self.scheduler, pipe.scheduler.config, baselines=True, **options),
             "guidance": guidance,
             "cache": cache,
             "attention": self.attention,
@@ -212,6 +214,10 @@ class SamplingRecipe:
             "created": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
             **extra,
         }
+
+
+def _knobs(options: dict[str, Any]) -> str:
+    return "(" + ",".join(f"{k}={v}" for k, v in sorted(options.items())) + ")" if options else ""
 
 
 def load_recipe(path: str | os.PathLike) -> SamplingRecipe:

@@ -1,10 +1,11 @@
 """``fastsample tune``: find the cheapest recipe of a pipeline that keeps a paired-fidelity floor.
 
-The search space (:class:`SearchSpace`) is solver × steps × guidance method × feature cache × attention
-path × exact DiT savings; every point is a :class:`~fastsample.recipe.SamplingRecipe`. Each candidate is
-judged against the pipeline's own *reference*: its stored scheduler at ``reference_steps`` (100) with full
-CFG, from the same initial noise and the same prompts or labels (per-image generators seeded ``seed + i``), by
-the median per-sample PSNR (:func:`fastsample.eval.fidelity.psnr`) — the "same quality" test for acceleration.
+The search space (:class:`SearchSpace`) is solver × step grid × steps × guidance method (and its window) ×
+feature cache × attention path × exact DiT savings; every point is a
+:class:`~fastsample.recipe.SamplingRecipe`. Each candidate is judged against the pipeline's own *reference*:
+its stored scheduler at ``reference_steps`` (100) with full CFG, from the same initial noise and the same
+prompts or labels (per-image generators seeded ``seed + i``), by the median per-sample PSNR
+(:func:`fastsample.eval.fidelity.psnr`) — the "same quality" test for acceleration.
 
 Its *cost* does not depend on the clock: denoiser rows evaluated per image, each weighted by the fraction of
 the transformer's cached units it actually computed (a CFG step is 2 rows, an Adaptive-Guidance step past the
@@ -46,73 +47,114 @@ __all__ = [
 ]
 
 
+_FIELDS = ("schedulers", "scheduler_options", "steps", "guidance", "caches", "attention", "dit_savings")
+
+
+def _named_options(entry: Any, field_name: str) -> tuple[str, dict] | None:
+    """``None``, ``name`` or ``(name, options)`` → ``None`` or ``(name, options)``."""
+    if entry is None:
+        return None
+    if isinstance(entry, str):
+        return entry, {}
+    if (
+        isinstance(entry, tuple)
+        and len(entry) == 2
+        and isinstance(entry[0], str)
+        and isinstance(entry[1], dict)
+    ):
+        return entry[0], dict(entry[1])
+    raise ValueError(
+        f"SearchSpace.{field_name} entries must be None, a name or (name, options), got {entry!r}"
+    )
+
+
 @dataclass(frozen=True)
 class SearchSpace:
     """The candidates: the Cartesian product of the fields (see :meth:`recipes`).
 
-    ``caches`` entries are ``None`` or ``(method, knobs)`` for :func:`fastsample.cache.enable_cache`;
-    ``guidance`` entries are ``None`` (the pipeline's own CFG) or names of
-    :data:`fastsample.guidance.methods.METHODS`; ``schedulers`` are shortcuts of
-    :mod:`fastsample.solvers.presets` (fastsample's presets and diffusers' baselines).
+    ``schedulers`` are shortcuts of :mod:`fastsample.solvers.presets` (fastsample's presets and diffusers'
+    baselines); ``scheduler_options`` are ``from_config`` overrides tried with each of them (the timestep
+    grid: ``{}`` for the preset's own, ``{"grid": "spacing"}``, ``{"grid": "karras"}``; a scheduler that
+    does not take an option's keys skips that entry); ``guidance`` entries are ``None`` (the pipeline's own
+    CFG), names of :data:`fastsample.guidance.methods.METHODS` or ``(name, options)``, e.g.
+    ``("window", {"end": 0.6})``; ``caches`` entries are ``None`` or ``(method, knobs)`` for
+    :func:`fastsample.cache.enable_cache`.
     """
 
     schedulers: tuple[str, ...]
     steps: tuple[int, ...]
-    guidance: tuple[str | None, ...] = (None,)
+    scheduler_options: tuple[dict, ...] = ({},)
+    guidance: tuple[Any, ...] = (None,)
     caches: tuple[tuple[str, dict] | None, ...] = (None,)
     attention: tuple[str | None, ...] = (None,)
     dit_savings: tuple[bool, ...] = (False,)
 
     def __post_init__(self) -> None:
-        for name in ("schedulers", "steps", "guidance", "caches", "attention", "dit_savings"):
+        for name in _FIELDS:
             value = getattr(self, name)
             if not isinstance(value, tuple) or not value:
                 raise ValueError(f"SearchSpace.{name} must be a non-empty tuple, got {value!r}")
+        if not all(isinstance(options, dict) for options in self.scheduler_options):
+            raise ValueError(
+                f"SearchSpace.scheduler_options entries must be dicts, got {self.scheduler_options!r}"
+            )
+        for entry in self.guidance:
+            _named_options(entry, "guidance")
         for entry in self.caches:
-            if entry is not None and not (
-                isinstance(entry, tuple)
-                and len(entry) == 2
-                and isinstance(entry[0], str)
-                and isinstance(entry[1], dict)
-            ):
+            if entry is not None and (isinstance(entry, str) or _named_options(entry, "caches") is None):
                 raise ValueError(
                     f"SearchSpace.caches entries must be None or (method, knobs_dict), got {entry!r}"
                 )
 
     @property
     def size(self) -> int:
-        """Number of points (before dropping those that cannot apply to a pipeline)."""
-        return math.prod(
-            len(getattr(self, name))
-            for name in ("schedulers", "steps", "guidance", "caches", "attention", "dit_savings")
-        )
+        """Number of points (before dropping those that cannot apply to a pipeline or scheduler)."""
+        return math.prod(len(getattr(self, name)) for name in _FIELDS)
 
     def recipes(self, pipe: Any = None) -> list[SamplingRecipe]:
-        """Every point as a recipe (validated); with ``pipe``, without the caches on a UNet, the DiT savings
-        on anything but a ``DiTTransformer2DModel`` and the schedulers that have no preset for the pipeline's
-        schedule family (DDIM and PNDM on a flow model)."""
+        """Every point as a recipe (validated), without the scheduler options a scheduler does not take; with
+        ``pipe``, also without the caches on a UNet, the DiT savings on anything but a
+        ``DiTTransformer2DModel`` and the schedulers that have no preset for the pipeline's schedule family
+        (DDIM and PNDM on a flow model)."""
         from fastsample.integration.adapters import get_adapter, resolve_denoiser
-        from fastsample.solvers.presets import family_of, find
+        from fastsample.solvers.presets import FAMILIES, family_of, find
 
         cache_applies = savings_apply = True
-        schedulers = self.schedulers
+        families = FAMILIES
         if pipe is not None:
             cache_applies = get_adapter(pipe).denoiser_attr != "unet"
             savings_apply = type(resolve_denoiser(pipe)).__name__ == "DiTTransformer2DModel"
-            schedulers = tuple(
-                s for s in schedulers if _has_preset(find, s, family_of(pipe.scheduler.config))
-            )
+            families = (family_of(pipe.scheduler.config),)
+        presets = {s: [_preset(find, s, f) for f in families] for s in self.schedulers}
+        schedulers = tuple(s for s in self.schedulers if any(presets[s]))
         out = []
-        for scheduler, steps, guidance, cache, attention, savings in itertools.product(
-            schedulers, self.steps, self.guidance, self.caches, self.attention, self.dit_savings
+        for scheduler, options, steps, guidance, cache, attention, savings in itertools.product(
+            schedulers,
+            self.scheduler_options,
+            self.steps,
+            self.guidance,
+            self.caches,
+            self.attention,
+            self.dit_savings,
         ):
             if (cache is not None and not cache_applies) or (savings and not savings_apply):
                 continue
+            if not all(_takes(p, options) for p in presets[scheduler] if p is not None):
+                continue
+            if (
+                pipe is not None
+                and options
+                and _same_grid(presets[scheduler][0], pipe.scheduler.config, options)
+            ):
+                continue  # e.g. grid="karras" where the preset's own grid already is Karras
+            guidance = _named_options(guidance, "guidance")
             out.append(
                 SamplingRecipe(
                     scheduler=scheduler,
                     num_inference_steps=steps,
-                    guidance=guidance,
+                    scheduler_options=dict(options),
+                    guidance=None if guidance is None else guidance[0],
+                    guidance_options={} if guidance is None else guidance[1],
                     cache=None if cache is None else cache[0],
                     cache_options={} if cache is None else dict(cache[1]),
                     attention=attention,
@@ -122,19 +164,41 @@ class SearchSpace:
         return out
 
 
-def _has_preset(find: Any, shortcut: str, family: str) -> bool:
+def _preset(find: Any, shortcut: str, family: str) -> Any:
     try:
-        find(shortcut, family, baselines=True)
+        return find(shortcut, family, baselines=True)
     except ValueError:
-        return False
-    return True
+        return None
 
 
-#: the default search: fastsample's solvers and diffusers' baselines, few steps, AG and FORA
+def _same_grid(preset: Any, config: Any, options: dict) -> bool:
+    """Whether ``options`` only renames the grid the preset already uses on ``config`` (same σ at 10 steps,
+    configs equal but for ``grid``)."""
+    plain, varied = preset.build(config), preset.build(config, **options)
+    plain.set_timesteps(10)
+    varied.set_timesteps(10)
+
+    def rest(scheduler: Any) -> dict:
+        return {k: v for k, v in dict(scheduler.config).items() if k not in ("grid", "_use_default_values")}
+
+    same_config = rest(plain) == rest(varied)
+    return same_config and torch.equal(torch.as_tensor(plain.sigmas), torch.as_tensor(varied.sigmas))
+
+
+def _takes(preset: Any, options: dict) -> bool:
+    """Whether the preset's scheduler class takes every key of ``options`` (its ``__init__`` signature)."""
+    import inspect
+
+    return set(options) <= set(inspect.signature(preset.scheduler_class().__init__).parameters)
+
+
+#: the default search: fastsample's solvers (on their own grid, the schedule's spacing and Karras) and
+#: diffusers' baselines, few steps, CFG / Adaptive Guidance / a guidance window, no cache or FORA(2)
 DEFAULT_SPACE = SearchSpace(
     schedulers=("dpm++2m", "unipc", "ddim", "euler", "flow-euler", "ghvb", "hb", "dpm++2m-hb"),
     steps=(5, 6, 8, 10, 12, 15, 20),
-    guidance=(None, "ag"),
+    scheduler_options=({}, {"grid": "spacing"}, {"grid": "karras"}),
+    guidance=(None, "ag", ("window", {"end": 0.6})),
     caches=(None, ("fora", {"interval": 2})),
 )
 #: the diffusers-only subspace (the best a diffusers user already has, without caches)

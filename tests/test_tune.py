@@ -113,6 +113,26 @@ def test_pareto_front_and_survivors():
     assert _survivors(items, alive, 29.0, 3) == [10, 11, 13, 14]
 
 
+def test_grids_and_guidance_options_in_the_space():
+    space = SearchSpace(
+        schedulers=("ghvb", "dpm++2m"),
+        steps=(4,),
+        scheduler_options=({}, {"grid": "spacing"}, {"grid": "karras"}),
+        guidance=(None, ("window", {"end": 0.6})),
+    )
+    pipe = tiny_pipeline("dit")  # VP: GHVB's own grid is Karras, so {"grid": "karras"} adds nothing
+    points = {(r.scheduler, tuple(r.scheduler_options.items()), r.guidance) for r in space.recipes(pipe)}
+    assert ("ghvb", (("grid", "spacing"),), "window") in points
+    assert not any(s == "ghvb" and o == (("grid", "karras"),) for s, o, _ in points)
+    assert not any(s == "dpm++2m" and o for s, o, _ in points)  # DPM-Solver takes no `grid`
+    recipe = next(r for r in space.recipes(pipe) if r.scheduler_options and r.guidance == "window")
+    assert recipe.name == "ghvb(grid=spacing)-4+window(end=0.6)"
+    with optimize(pipe, recipe=SamplingRecipe(**{**recipe.__dict__, "provenance": _recipe(pipe).provenance})):
+        assert pipe.scheduler.config.grid == "spacing"
+    with pytest.raises(ValueError, match="guidance entries"):
+        SearchSpace(schedulers=("ddim",), steps=(4,), guidance=(("window",),))
+
+
 def test_space_validation_and_filtering():
     with pytest.raises(ValueError, match="schedulers"):
         SearchSpace(schedulers=(), steps=(4,))

@@ -9,11 +9,12 @@ from pathlib import Path
 from fastsample.cli._common import CommandError, add_out, add_pipeline, add_quiet, positive_int
 
 NAME = "tune"
-HELP = "search solver x steps x guidance x cache for the cheapest recipe above a fidelity floor"
+HELP = "search solver x grid x steps x guidance x cache for the cheapest recipe above a fidelity floor"
 DESCRIPTION = """\
-Successive-halving search over solver × steps × guidance method × feature cache (× attention path, DiT
-savings) for the cheapest recipe whose median paired PSNR to the pipeline's own reference (its scheduler at
---reference-steps with full CFG, same noise and conditions) is at least --floor dB. The cost is clock-free:
+Successive-halving search over solver × step grid × steps × guidance method (CFG, AG, a window) × feature
+cache (× attention path, DiT savings) for the cheapest recipe whose median paired PSNR to the pipeline's own
+reference (its scheduler at --reference-steps with full CFG, same noise and conditions) is at least --floor
+dB. The cost is clock-free:
 denoiser rows × fraction of units computed, per image. Writes recipe.json (apply it with
 fs.optimize(pipe, recipe="recipe.json")), front.md (the Pareto front) and front.png (with matplotlib).
 

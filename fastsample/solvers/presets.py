@@ -76,19 +76,22 @@ class Preset:
     shortcut: str | None = None
     in_table: bool = True
 
-    def build(self, config: Any) -> Any:
-        """A fresh scheduler: ``scheduler.from_config(config, **options)``."""
+    def scheduler_class(self) -> type:
+        """The scheduler class (fastsample's of that name, else diffusers')."""
         import diffusers
 
         from fastsample.solvers.dpm_momentum import MomentumDPMSolverMultistepScheduler
         from fastsample.solvers.momentum import GHVBScheduler, HeavyBallScheduler
 
         ours = (GHVBScheduler, HeavyBallScheduler, MomentumDPMSolverMultistepScheduler)
-        cls = {c.__name__: c for c in ours}.get(self.scheduler) or getattr(diffusers, self.scheduler)
+        return {c.__name__: c for c in ours}.get(self.scheduler) or getattr(diffusers, self.scheduler)
+
+    def build(self, config: Any, **overrides: Any) -> Any:
+        """A fresh scheduler: ``scheduler.from_config(config, **options, **overrides)``."""
         options = {
             k: float(dict(config).get("shift", 1.0)) if v is _SHIFT else v for k, v in self.options.items()
         }
-        return cls.from_config(config, **options)
+        return self.scheduler_class().from_config(config, **{**options, **overrides})
 
 
 _ZERO = {"final_sigmas_type": "zero"}
@@ -192,9 +195,10 @@ def find(shortcut: str, family: str, *, baselines: bool = False) -> Preset:
     raise ValueError(f"unknown scheduler {shortcut!r}; choose one of {names} or pass a scheduler.")
 
 
-def build(shortcut: str, config: Any, *, baselines: bool = False) -> Any:
-    """The scheduler ``shortcut`` for the family of ``config``, built from ``config``."""
-    return find(shortcut, family_of(config), baselines=baselines).build(config)
+def build(shortcut: str, config: Any, *, baselines: bool = False, **overrides: Any) -> Any:
+    """The scheduler ``shortcut`` for the family of ``config``, built from ``config`` (``overrides`` replace
+    the preset's options, e.g. ``grid="spacing"``)."""
+    return find(shortcut, family_of(config), baselines=baselines).build(config, **overrides)
 
 
 def benchmark_entries() -> list[SolverEntry]:
