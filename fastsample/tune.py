@@ -357,11 +357,11 @@ class _Generator:
         self, start: int, stop: int, cache_handle: Any = None, **kwargs: Any
     ) -> tuple[torch.Tensor, float]:
         from fastsample.eval.preprocess import to_canonical_images
-        from fastsample.integration.adapters import resolve_denoiser
+        from fastsample.integration.adapters import denoiser_entry
         from fastsample.integration.measure import NFECounter
 
         key, values = next(iter(self.conditions.items()))
-        counter = NFECounter(resolve_denoiser(self.pipe))
+        counter = NFECounter(denoiser_entry(self.pipe))  # the rows really run (after any CFG slicing)
         images, rows = [], 0.0
         try:
             for first in range(start, stop, self.batch_size):

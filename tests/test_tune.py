@@ -129,6 +129,18 @@ def test_grids_and_guidance_options_in_the_space():
     assert recipe.name == "ghvb(grid=spacing)-4+window(end=0.6)"
     with optimize(pipe, recipe=SamplingRecipe(**{**recipe.__dict__, "provenance": _recipe(pipe).provenance})):
         assert pipe.scheduler.config.grid == "spacing"
+    # the cost counts the rows the model really runs: a window's skipped unconditional rows are not paid
+    result = tune(
+        pipe,
+        class_labels=[1],
+        floor_db=-100.0,
+        samples=(1,),
+        reference_steps=8,
+        progress=False,
+        space=SearchSpace(schedulers=("ghvb",), steps=(4,), guidance=(None, ("window", {"end": 0.5}))),
+    )
+    cost = {e.recipe.guidance: e.cost for e in result.final}
+    assert cost[None] == pytest.approx(8.0) and cost["window"] < cost[None]
     with pytest.raises(ValueError, match="guidance entries"):
         SearchSpace(schedulers=("ddim",), steps=(4,), guidance=(("window",),))
 

@@ -147,11 +147,15 @@ class PipelineAdapter:
 
         VP pipelines: α = √ᾱ(t), σ = √(1 − ᾱ(t)) from the model's training noise schedule, log-linearly
         interpolated in ρ = σ/α for fractional t (the inverse of diffusers' ``_sigma_to_t``). Flow pipelines:
-        s = t / ``flow_time_scale``, α = 1 − s, σ = s.
+        s = t / ``flow_time_scale`` (a scheduler-parameterized pipeline on a flow schedule: t /
+        ``num_train_timesteps``), α = 1 − s, σ = s.
         """
         t = torch.as_tensor(timestep).detach().to("cpu", torch.float64).reshape(-1)
         if self.parameterization == "flow":
             s = t / float(self.flow_time_scale)
+            return 1.0 - s, s
+        if self.prediction_type(pipe) == "flow":  # e.g. PixelDiT on a FlowMatch schedule: t = s · T_train
+            s = t / float(getattr(pipe.scheduler.config, "num_train_timesteps", 1000))
             return 1.0 - s, s
         log_rho = training_log_rho(pipe.scheduler)
         n = log_rho.numel()
@@ -253,6 +257,23 @@ ADAPTERS: dict[str, PipelineAdapter] = {
 }
 
 
+#: the denoiser's input layer, by attribute name (DiT/PixArt/SD3, Flux, UNets)
+_ENTRY_ATTRS = ("pos_embed", "x_embedder", "conv_in")
+
+
+def denoiser_entry(pipe_or_model: Any) -> torch.nn.Module:
+    """The first layer of the denoiser (its patch/input embedding), called once per forward on the batch the
+    model really runs: guidance hooks that slice the CFG batch inside the denoiser's forward (guidance
+    windows, Adaptive Guidance) are seen here and not by a hook on the denoiser itself. The denoiser when it
+    has none of the known input layers."""
+    model = resolve_denoiser(pipe_or_model)
+    for attr in _ENTRY_ATTRS:
+        module = getattr(model, attr, None)
+        if isinstance(module, torch.nn.Module):
+            return module
+    return model
+
+
 def resolve_denoiser(
     pipe_or_model: Any, what: str = "fastsample", *, allow_model: bool = True, require_adapter: bool = False
 ) -> torch.nn.Module:
@@ -337,6 +358,7 @@ def rho_to_alpha_sigma(rho: torch.Tensor | float) -> tuple[torch.Tensor, torch.T
 __all__ = [
     "ADAPTERS",
     "PipelineAdapter",
+    "denoiser_entry",
     "get_adapter",
     "pipeline_signature",
     "resolve_denoiser",

@@ -33,8 +33,9 @@ def _run(pipe, name, **overrides):
 
 def _entry(pipe):
     """The module that receives the denoiser's real (possibly sliced) batch."""
-    t = pipe.transformer
-    return t.pos_embed if hasattr(t, "pos_embed") else t.x_embedder
+    from fastsample.integration.adapters import denoiser_entry
+
+    return denoiser_entry(pipe)
 
 
 class _Probe(GuidanceMethod):

@@ -91,3 +91,7 @@ def test_pixel_dit_on_a_flow_schedule_is_a_flow_model():
         pipe.scheduler = build(shortcut, config, baselines=True)
         assert adapter.prediction_type(pipe) == "flow", shortcut
     assert adapter.prediction_type(load_default_pipeline(model="vp")) == "epsilon"
+    # its noise level is the flow time s = t / T_train (x_t = (1 − s) x0 + s ε), not a VP table's
+    alpha, sigma = adapter.alpha_sigma(pipe, torch.tensor([250.0, 1000.0]))
+    torch.testing.assert_close(sigma, torch.tensor([0.25, 1.0], dtype=torch.float64))
+    torch.testing.assert_close(alpha, 1 - sigma)
