@@ -52,6 +52,7 @@ import torch
 
 from fastsample.eval.bootstrap import FrechetInterval, Interval
 from fastsample.guidance.methods import METHODS as GUIDANCE_METHODS
+from fastsample.integration.adapters import denoiser_entry
 from fastsample.integration.measure import NFECounter, Stopwatch
 from fastsample.solvers.presets import BASELINE_SHORTCUTS, SHORTCUTS
 from fastsample.solvers.presets import build as build_preset
@@ -203,11 +204,12 @@ def cache_dit_available() -> bool:
 class UnitCounter:
     """Samples evaluated by the denoiser and by each transformer unit (attention, MLP), by forward pre-hooks.
 
-    ``NFECounter`` on the denoiser counts the samples it was called on; one more on each block's
-    ``attn1.to_q`` and on the first layer of its MLP (``ff.net[0]``) counts the samples a unit really
-    computed: caches (fastsample's, diffusers', cache-dit's) return stored outputs without calling them, and
-    Adaptive Guidance's re-packed batches carry fewer rows. ``unit_samples`` = unit samples / number of
-    units; ``None`` when the denoiser has no ``transformer_blocks`` of that layout.
+    ``NFECounter`` on the denoiser's input layer (:func:`~fastsample.integration.adapters.denoiser_entry`)
+    counts the samples it really ran, after any CFG slicing inside its forward (guidance windows); one more
+    on each block's ``attn1.to_q`` and on the first layer of its MLP (``ff.net[0]``) counts the samples a
+    unit really computed: caches (fastsample's, diffusers', cache-dit's) return stored outputs without
+    calling them, and Adaptive Guidance's re-packed batches carry fewer rows. ``unit_samples`` = unit
+    samples / number of units; ``None`` when the denoiser has no ``transformer_blocks`` of that layout.
     """
 
     def __init__(self, model: torch.nn.Module) -> None:
@@ -219,7 +221,7 @@ class UnitCounter:
                 modules = []
                 break
             modules += [attn, ff[0]]
-        self.denoiser = NFECounter(model)
+        self.denoiser = NFECounter(denoiser_entry(model))
         self.units = [NFECounter(module) for module in modules]
 
     @property

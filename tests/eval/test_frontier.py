@@ -210,6 +210,26 @@ def test_unit_counter_counts_what_ran():
     bare.remove()
 
 
+def test_unit_counter_sees_a_guidance_windows_sliced_batch():
+    """A window drops the unconditional half inside the denoiser's forward: counted at the input layer."""
+    from fastsample.guidance import GuidanceWindow, guide
+    from fastsample.testing import call_kwargs, tiny_pipeline
+
+    pipe = tiny_pipeline("dit")
+    counts = {}
+    for name, method in (("cfg", None), ("window", GuidanceWindow(0.0, 0.5))):
+        counter = fr.UnitCounter(pipe.transformer)
+        if method is None:
+            pipe(**call_kwargs("dit", num_inference_steps=4))
+        else:
+            with guide(pipe, method):
+                pipe(**call_kwargs("dit", num_inference_steps=4))
+        counter.remove()
+        counts[name] = (counter.calls, counter.samples, counter.unit_samples)
+    assert counts["cfg"] == (4, 8, 8)  # 4 steps x (cond + uncond) of one label
+    assert counts["window"][0] == 4 and counts["window"][1] < 8 and counts["window"][2] == counts["window"][1]
+
+
 def test_saturation_matches_colorsys():
     import colorsys
 
