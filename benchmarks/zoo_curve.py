@@ -26,6 +26,7 @@ from pathlib import Path
 import diffusers
 import numpy as np
 import torch
+from fidelity import generate  # the sibling benchmark's sampler (benchmarks/fidelity.py)
 from safetensors import safe_open
 
 from fastsample.eval.bootstrap import bootstrap_interval, frechet_distance_interval
@@ -39,20 +40,6 @@ DEFAULT_STEPS = 20  # PixelDiTPipeline's default num_inference_steps
 def _step(folder: Path) -> int:
     with safe_open(str(folder / "dit.safetensors"), framework="pt") as handle:
         return int((handle.metadata() or {}).get("step", -1))
-
-
-def _generate(pipe, labels: torch.Tensor, noise: torch.Tensor, batch: int, guidance: float) -> torch.Tensor:
-    out = []
-    for batch_labels, batch_noise in zip(labels.split(batch), noise.split(batch)):
-        result = pipe(
-            class_labels=batch_labels,
-            num_inference_steps=DEFAULT_STEPS,
-            guidance_scale=guidance,
-            latents=batch_noise.clone(),
-            output_type="pt",
-        )
-        out.append(result.images.float().cpu())
-    return torch.cat(out)
 
 
 def main() -> None:
@@ -88,7 +75,7 @@ def main() -> None:
         pipe.set_progress_bar_config(disable=True)
         size = pipe.transformer.config.sample_size
         noise = torch.randn(args.samples, 3, size, size, generator=torch.Generator().manual_seed(args.seed))
-        images = _generate(pipe, labels, noise, args.batch_size, args.guidance_scale)
+        images = generate(pipe, labels, noise, DEFAULT_STEPS, args.guidance_scale, args.batch_size)
         shape = bootstrap_interval(
             (predict_shapes(images, shape_net) == labels).double().numpy(),
             np.mean,
