@@ -33,9 +33,12 @@ import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import numpy as np
 import torch
+
+from fastsample.errors import ArtifactError, read_json, require_fields
 
 logger = logging.getLogger(__name__)
 
@@ -96,10 +99,59 @@ def _jsonable(value):
     return value
 
 
+class JsonArtifact:
+    """JSON file I/O of a fitted solver artifact (a dataclass): a ``kind``/``version`` header before the
+    fields; loading refuses another kind or version and missing ``REQUIRED`` fields with an
+    :class:`~fastsample.errors.ArtifactError` (a ``ValueError``) naming the file."""
+
+    KIND: ClassVar[str]
+    VERSION: ClassVar[int]
+    DESCRIPTION: ClassVar[str]  # e.g. "step-grid"
+    REQUIRED: ClassVar[tuple[str, ...]]
+
+    def to_dict(self) -> dict:
+        return {"kind": self.KIND, "version": self.VERSION, **dataclasses.asdict(self)}
+
+    def save(self, path: str) -> None:
+        with open(path, "w") as f:
+            json.dump(self.to_dict(), f, indent=2)
+            f.write("\n")
+
+    @classmethod
+    def from_dict(cls, data: dict, source: str = "artifact"):
+        expected = f"a {cls.DESCRIPTION} artifact (kind {cls.KIND!r}, version {cls.VERSION})"
+        if not isinstance(data, dict) or data.get("kind") != cls.KIND:
+            kind = data.get("kind") if isinstance(data, dict) else type(data).__name__
+            raise ArtifactError(source, expected, f"not a {cls.DESCRIPTION} artifact (kind {kind!r})")
+        if data.get("version") != cls.VERSION:
+            raise ArtifactError(
+                source, expected, f"{cls.DESCRIPTION} artifact version {data.get('version')!r}"
+            )
+        require_fields(source, data, cls.REQUIRED, expected)
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+    @classmethod
+    def load(cls, path: str):
+        return cls.from_dict(read_json(path, f"a JSON {cls.DESCRIPTION} artifact"), source=path)
+
+
 @dataclass
-class GridArtifact:
+class GridArtifact(JsonArtifact):
     """A fitted step grid with provenance. ``levels``: N + 1 decreasing noise levels, the end last
     (σ̄ for "vp", s for "flow")."""
+
+    KIND: ClassVar[str] = ARTIFACT_KIND
+    VERSION: ClassVar[int] = ARTIFACT_VERSION
+    DESCRIPTION: ClassVar[str] = "step-grid"
+    REQUIRED: ClassVar[tuple[str, ...]] = (
+        "levels",
+        "family",
+        "nfe",
+        "schedule",
+        "model_hash",
+        "scheduler_class",
+    )
 
     levels: list[float]
     family: str
@@ -162,36 +214,6 @@ class GridArtifact:
         (VP, σ̄ with the end last); pass it to the pipeline call (``pipe(..., sigmas=...)``)."""
         self.check(scheduler)
         return self.scheduler_sigmas(scheduler)
-
-    # ------------------------------------------------------------------------------ I/O
-    def to_dict(self) -> dict:
-        return {"kind": ARTIFACT_KIND, "version": ARTIFACT_VERSION, **dataclasses.asdict(self)}
-
-    def save(self, path: str) -> None:
-        with open(path, "w") as f:
-            json.dump(self.to_dict(), f, indent=2)
-            f.write("\n")
-
-    @classmethod
-    def from_dict(cls, data: dict) -> GridArtifact:
-        if not isinstance(data, dict) or data.get("kind") != ARTIFACT_KIND:
-            raise ValueError(f"not a step-grid artifact (expected kind {ARTIFACT_KIND!r})")
-        if data.get("version") != ARTIFACT_VERSION:
-            raise ValueError(f"step-grid artifact version {data.get('version')!r} is not {ARTIFACT_VERSION}")
-        names = {f.name for f in dataclasses.fields(cls)}
-        missing = {"levels", "family", "nfe", "schedule", "model_hash", "scheduler_class"} - set(data)
-        if missing:
-            raise ValueError(f"step-grid artifact is missing {sorted(missing)}")
-        return cls(**{k: v for k, v in data.items() if k in names})
-
-    @classmethod
-    def load(cls, path: str) -> GridArtifact:
-        with open(path) as f:
-            try:
-                data = json.load(f)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path} is not a JSON step-grid artifact: {err}") from err
-        return cls.from_dict(data)
 
 
 def check_provenance(what: str, fitted_hash: str, fitted_schedule: dict, scheduler, model_hash) -> None:

@@ -21,11 +21,10 @@ silently keeps its analytic weights: the fallback outside the fitted range.
 from __future__ import annotations
 
 import copy
-import dataclasses
 import datetime
-import json
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -33,6 +32,7 @@ import torch
 from fastsample.solvers.grid_fit import (
     SOLVER_KEYS,
     GridMismatchError,
+    JsonArtifact,
     ModelFn,
     _errors,
     _jsonable,
@@ -46,8 +46,21 @@ ARTIFACT_VERSION = 1
 
 
 @dataclass
-class LearnedCoefficients:
+class LearnedCoefficients(JsonArtifact):
     """Fitted per-step corrections δ (``weights[i]``: newest slope first) for the grid ``levels`` (N + 1)."""
+
+    KIND: ClassVar[str] = ARTIFACT_KIND
+    VERSION: ClassVar[int] = ARTIFACT_VERSION
+    DESCRIPTION: ClassVar[str] = "learned-coefficient"
+    REQUIRED: ClassVar[tuple[str, ...]] = (
+        "weights",
+        "levels",
+        "nfe",
+        "schedule",
+        "model_hash",
+        "scheduler_class",
+        "solver",
+    )
 
     weights: list[list[float]]
     levels: list[float]
@@ -78,35 +91,6 @@ class LearnedCoefficients:
                 f"these coefficients were fitted for {self.scheduler_class}, not {type(scheduler).__name__}"
             )
         check_provenance("coefficient", self.model_hash, self.schedule, scheduler, model_hash)
-
-    def to_dict(self) -> dict:
-        return {"kind": ARTIFACT_KIND, "version": ARTIFACT_VERSION, **dataclasses.asdict(self)}
-
-    def save(self, path: str) -> None:
-        with open(path, "w") as f:
-            json.dump(self.to_dict(), f, indent=2)
-            f.write("\n")
-
-    @classmethod
-    def load(cls, path: str) -> LearnedCoefficients:
-        with open(path) as f:
-            try:
-                data = json.load(f)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path} is not a JSON coefficient artifact: {err}") from err
-        if not isinstance(data, dict) or data.get("kind") != ARTIFACT_KIND:
-            raise ValueError(f"not a learned-coefficient artifact (expected kind {ARTIFACT_KIND!r})")
-        if data.get("version") != ARTIFACT_VERSION:
-            raise ValueError(
-                f"coefficient artifact version {data.get('version')!r} is not {ARTIFACT_VERSION}"
-            )
-        names = {f.name for f in dataclasses.fields(cls)}
-        missing = {"weights", "levels", "nfe", "schedule", "model_hash", "scheduler_class", "solver"} - set(
-            data
-        )
-        if missing:
-            raise ValueError(f"coefficient artifact is missing {sorted(missing)}")
-        return cls(**{k: v for k, v in data.items() if k in names})
 
 
 def fit_coefficients(

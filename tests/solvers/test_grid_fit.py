@@ -98,6 +98,11 @@ def test_artifact_round_trip_and_refusals(fitted, tmp_path):
     path.write_text('{"kind": "something else"}')
     with pytest.raises(ValueError, match="not a step-grid artifact"):
         GridArtifact.load(str(path))
+    from fastsample.errors import ArtifactError
+
+    path.write_text('{"kind": "fastsample.step_grid", "version": 1, "levels": [')  # truncated
+    with pytest.raises(ArtifactError, match="grid.json"):
+        GridArtifact.load(str(path))
 
 
 def test_flow_artifact_drives_diffusers_flow_match_euler(fitted):
