@@ -347,7 +347,8 @@ def _fields(recipe: SamplingRecipe) -> dict[str, Any]:
 
 class _Generator:
     """Images of the pipeline for image indices ``[start, stop)``: image ``i`` from its own generator
-    (``seed + i``) and condition ``conditions[i % len]``; returns float images in [0, 1] and the cost."""
+    (``seed + i``) and condition ``conditions[i % len]`` (``fastsample.eval.inputs.generate_image_batches``
+    on the slice); returns float images in [0, 1] and the cost per image."""
 
     def __init__(self, pipe: Any, conditions: dict[str, list], seed: int, batch_size: int, call_kwargs: dict):
         self.pipe, self.conditions, self.seed = pipe, conditions, seed
@@ -356,30 +357,30 @@ class _Generator:
     def __call__(
         self, start: int, stop: int, cache_handle: Any = None, **kwargs: Any
     ) -> tuple[torch.Tensor, float]:
-        from fastsample.eval.preprocess import to_canonical_images
+        from fastsample.eval.inputs import generate_image_batches
         from fastsample.integration.adapters import denoiser_entry
         from fastsample.integration.measure import NFECounter
 
         key, values = next(iter(self.conditions.items()))
+        shifted = [values[i % len(values)] for i in range(start, stop)]  # image i of the slice is start + i
+        batches = generate_image_batches(
+            self.pipe,
+            stop - start,
+            **{"prompts" if key == "prompt" else "class_labels": shifted},
+            batch_size=self.batch_size,
+            seed=self.seed + start,
+            quantize=False,
+            progress=False,
+            **self.call_kwargs,
+            **kwargs,
+        )
         counter = NFECounter(denoiser_entry(self.pipe))  # the rows really run (after any CFG slicing)
         images, rows = [], 0.0
         try:
-            for first in range(start, stop, self.batch_size):
-                chunk = range(first, min(first + self.batch_size, stop))
-                generators = [torch.Generator().manual_seed(self.seed + i) for i in chunk]
-                condition = [values[i % len(values)] for i in chunk]
-                counter.reset()
-                # diffusers wants a negative prompt of the prompts' type: one per image of the batch
-                per_batch = {
-                    k: [v] * len(chunk) if k.startswith("negative_prompt") and isinstance(v, str) else v
-                    for k, v in self.call_kwargs.items()
-                }
-                output = self.pipe(
-                    **{key: condition}, generator=generators, output_type="np", **per_batch, **kwargs
-                )
-                batch = to_canonical_images(np.asarray(output.images))
+            for batch in batches:  # each batch is one pipeline call
                 images.append(batch.float() / 255.0 if batch.dtype == torch.uint8 else batch.float())
                 rows += _computed_rows(cache_handle, counter.samples)
+                counter.reset()
         finally:
             counter.remove()
         return torch.cat(images), rows / (stop - start)

@@ -112,6 +112,14 @@ def _cycle(values: Sequence | None, indices: list[int]) -> list | None:
     return [values[i % len(values)] for i in indices]
 
 
+def _per_batch(call_kwargs: dict[str, Any], chunk: list[int]) -> dict[str, Any]:
+    """diffusers wants a negative prompt of the prompts' type: a string becomes one per image of the batch."""
+    return {
+        key: [value] * len(chunk) if key.startswith("negative_prompt") and isinstance(value, str) else value
+        for key, value in call_kwargs.items()
+    }
+
+
 def generate_image_batches(
     pipe: Any,
     num_images: int,
@@ -129,8 +137,9 @@ def generate_image_batches(
 
     Image ``i`` uses ``prompts[i % len(prompts)]`` (or ``class_labels[i % len]``) and its own generator seeded
     ``seed + i``; each process generates its shard. ``call_kwargs`` go to ``pipe(...)`` (e.g.
-    ``num_inference_steps``, ``guidance_scale``); ``output_type="np"`` is always used. ``quantize=True``
-    rounds to uint8 as saving PNGs would, so statistics match those of the saved images.
+    ``num_inference_steps``, ``guidance_scale``; a string ``negative_prompt`` is repeated per image);
+    ``output_type="np"`` is always used. ``quantize=True`` rounds to uint8 as saving PNGs would, so
+    statistics match those of the saved images.
     """
     from tqdm.auto import tqdm
 
@@ -157,7 +166,8 @@ def generate_image_batches(
                 condition = {"prompt": _cycle(prompts, chunk)}
             else:
                 condition = {"class_labels": _cycle(class_labels, chunk)}
-            output = pipe(**condition, generator=generators, output_type="np", **call_kwargs)
+            batch_kwargs = _per_batch(call_kwargs, chunk)
+            output = pipe(**condition, generator=generators, output_type="np", **batch_kwargs)
             images = output.images if hasattr(output, "images") else output[0]
             yield to_canonical_images(np.asarray(images), quantize=quantize)
             bar.update(len(chunk))

@@ -217,3 +217,22 @@ def test_generation_with_a_real_tiny_dit_pipeline():
     with pytest.warns(UserWarning, match="rank-deficient"):
         stats = pipeline_statistics(pipe, extractor, num_images=4, batch_size=2, progress=False, **kwargs)
     assert stats.num_samples == 4
+
+
+def test_generation_repeats_a_string_negative_prompt_per_image():
+    """diffusers refuses a string negative prompt beside a list of prompts; each batch gets one per image."""
+    pytest.importorskip("transformers")
+    from fastsample.testing import tiny_pipeline
+
+    pipe = tiny_pipeline("sd")
+    batches = generate_image_batches(
+        pipe,
+        3,
+        prompts=["a cat"],
+        batch_size=2,
+        progress=False,
+        negative_prompt="blurry",
+        num_inference_steps=2,
+        guidance_scale=7.5,
+    )
+    assert [b.shape[0] for b in batches] == [2, 1]
