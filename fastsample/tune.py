@@ -127,26 +127,25 @@ class SearchSpace:
             families = (family_of(pipe.scheduler.config),)
         presets = {s: [_preset(find, s, f) for f in families] for s in self.schedulers}
         schedulers = tuple(s for s in self.schedulers if any(presets[s]))
-        out = []
-        for scheduler, options, steps, guidance, cache, attention, savings in itertools.product(
-            schedulers,
-            self.scheduler_options,
-            self.steps,
-            self.guidance,
-            self.caches,
-            self.attention,
-            self.dit_savings,
-        ):
-            if (cache is not None and not cache_applies) or (savings and not savings_apply):
-                continue
-            if not all(_takes(p, options) for p in presets[scheduler] if p is not None):
-                continue
-            if (
+        # (scheduler, options) pairs to try, decided once: a scheduler that does not take an option's keys,
+        # or (with a pipeline) options that only rename the grid the preset already uses, are left out
+        pairs = [
+            (scheduler, options)
+            for scheduler in schedulers
+            for options in self.scheduler_options
+            if all(_takes(p, options) for p in presets[scheduler] if p is not None)
+            and not (
                 pipe is not None
                 and options
                 and _same_grid(presets[scheduler][0], pipe.scheduler.config, options)
-            ):
-                continue  # e.g. grid="karras" where the preset's own grid already is Karras
+            )
+        ]
+        out = []
+        for (scheduler, options), steps, guidance, cache, attention, savings in itertools.product(
+            pairs, self.steps, self.guidance, self.caches, self.attention, self.dit_savings
+        ):
+            if (cache is not None and not cache_applies) or (savings and not savings_apply):
+                continue
             guidance = _named_options(guidance, "guidance")
             out.append(
                 SamplingRecipe(
