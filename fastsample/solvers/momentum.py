@@ -25,7 +25,7 @@ no arguments is q = 1.8 (``grid="auto"``) on the Karras grid ending at σ̄ = 0 
 weights (``variable_step``: the exact integrals of the Lagrange interpolant on the actual non-uniform grid),
 and on the flow schedule's own shifted spacing with the equal-step tables for flow (variable-step weights in
 s diverge more there; the Karras grid ignores the shift and cost the embedded flow DiT 15 dB of paired PSNR
-at 10 steps: 15.0 against 29.8 dB, ``benchmarks/results/solvers.md``). Without guidance
+at 10 steps: 16.6 against 30.3 dB, ``benchmarks/results/solvers.md`` (j)). Without guidance
 (w ≈ 1, guidance-distilled models) ``solver_space="data"`` (exponential Adams–Bashforth on the data
 prediction in λ = log(α/σ)) is 3–10× more accurate, but it diverges at w ≥ 7.5.
 """
